@@ -1,0 +1,11 @@
+"""Registers the shared fixture modules (one module per area, each owned by one author)."""
+
+pytest_plugins = [
+    "tests.fixtures.common",
+    "tests.fixtures.netns",
+    "tests.fixtures.shim",
+    "tests.fixtures.daemon",
+    "tests.fixtures.runtimes",
+    "tests.fixtures.kube",
+    "tests.fixtures.neutron",
+]
