@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.runtimes",
     "tests.fixtures.kube",
     "tests.fixtures.neutron",
+    "tests.fixtures.lab",
 ]
