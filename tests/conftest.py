@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.fixtures.kube",
     "tests.fixtures.neutron",
     "tests.fixtures.lab",
+    "tests.fixtures.cloud_proxy",
 ]
