@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.fixtures.neutron",
     "tests.fixtures.lab",
     "tests.fixtures.cloud_proxy",
+    "tests.fixtures.controller",
 ]

@@ -21,6 +21,7 @@ from typing import Any
 from uuid import uuid4
 
 from openstack.connection import Connection
+from openstack.network.v2.port import Port as SdkPort
 
 from vpc_cni.cloud.caller import CloudCaller
 from vpc_cni.cloud.errors import CloudError, Kind
@@ -122,6 +123,10 @@ class Ports:
         return Port.from_sdk(
             await self.call("create_port", lambda: self.conn.network.create_port(**attrs))
         )
+
+    async def add_tag(self, port_id: str, tag: str) -> None:
+        resource = SdkPort(id=port_id, tags=[])
+        await self.call("add_tag", lambda: self.conn.network.add_tag(resource, tag))
 
     async def delete(self, port_id: str) -> None:
         await self.call(

@@ -3,6 +3,9 @@ anything else: untagged ports and other clusters' ports are invisible to it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from ipaddress import IPv4Address
+
 OWNER = "vpccni"
 
 
@@ -16,6 +19,19 @@ def node_tag(node: str) -> str:
 
 def purpose_tag(purpose: str) -> str:
     return f"vpccni-purpose={purpose}"
+
+
+def primary_tag(address: IPv4Address) -> str:
+    """Which fixed IP is the ENI's own: Neutron lists fixed_ips in no fixed order, so
+    after a crash a new leader could not otherwise tell it from pool addresses."""
+    return f"vpccni-primary={address}"
+
+
+def primary_from_tags(tags: Iterable[str]) -> IPv4Address | None:
+    for tag in tags:
+        if tag.startswith("vpccni-primary="):
+            return IPv4Address(tag.split("=", 1)[1])
+    return None
 
 
 def port_tags(cluster: str, purpose: str, node: str | None = None) -> list[str]:

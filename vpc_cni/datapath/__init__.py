@@ -1,0 +1,40 @@
+"""The node datapath: veths, addresses, routes, policy rules and neighbours (netlink).
+
+Synchronous by design: the daemon calls it from a worker thread, and each call does
+its netlink work in a short-lived thread of its own inside the target namespace.
+"""
+
+from vpc_cni.datapath.announce import announce
+from vpc_cni.datapath.check import check_pod
+from vpc_cni.datapath.eni import setup_eni, teardown_eni
+from vpc_cni.datapath.model import (
+    DatapathCheckError,
+    DatapathError,
+    EniLink,
+    EniSpec,
+    PodInterfaces,
+    PodSpec,
+    SubnetRoute,
+)
+from vpc_cni.datapath.names import host_ifname
+from vpc_cni.datapath.node import setup_node, teardown_node
+from vpc_cni.datapath.pod import add_pod, del_pod
+
+__all__ = [
+    "DatapathCheckError",
+    "DatapathError",
+    "EniLink",
+    "EniSpec",
+    "PodInterfaces",
+    "PodSpec",
+    "SubnetRoute",
+    "add_pod",
+    "announce",
+    "check_pod",
+    "del_pod",
+    "host_ifname",
+    "setup_eni",
+    "setup_node",
+    "teardown_eni",
+    "teardown_node",
+]

@@ -1,0 +1,18 @@
+"""The controller's Prometheus metrics (cloud calls are counted in vpc_cni.cloud.metrics)."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECONCILE_SECONDS = Histogram(
+    "vpccni_controller_reconcile_seconds",
+    "Time to reconcile one node's pool",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+RECONCILE_ERRORS = Counter(
+    "vpccni_controller_reconcile_errors_total", "Failed node reconciles by reason", ["reason"]
+)
+NODE_ADDRESSES = Gauge(
+    "vpccni_node_addresses",
+    "Pool addresses per node by state (free, used, total)",
+    ["node", "state"],
+)
+LEADER = Gauge("vpccni_controller_leader", "1 while this replica leads")

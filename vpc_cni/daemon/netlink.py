@@ -1,0 +1,130 @@
+"""The daemon's view of the datapath: store rows in, vpc_cni.datapath calls out.
+
+The datapath is synchronous netlink; every call goes to a worker thread so one slow
+pod never stalls the event loop (and with it every other ADD). This module also owns
+the `mid-netlink` failpoint, because only here is a datapath call in progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+
+from vpc_cni import datapath
+from vpc_cni.daemon.config import EniConfig
+from vpc_cni.daemon.failpoints import Failpoints
+from vpc_cni.daemon.pool import PoolAddress, PoolSnapshot
+from vpc_cni.daemon.store import Allocation
+from vpc_cni.datapath.model import (
+    DatapathError,
+    EniSpec,
+    PodInterfaces,
+    PodSpec,
+    SubnetRoute,
+)
+from vpc_cni.datapath.netns import run_in_netns
+
+log = logging.getLogger(__name__)
+
+# Removal does not look at the MTU, but a PodSpec must carry a valid one.
+_ANY_MTU = 1500
+
+
+def eni_spec(eni: EniConfig) -> EniSpec:
+    return EniSpec(
+        mac=eni.mac,
+        primary_ip=eni.primary_ip,
+        mtu=eni.mtu,
+        subnets=tuple(SubnetRoute(s.cidr, s.gateway, s.route_table) for s in eni.subnets),
+    )
+
+
+class NodeDatapath:
+    """Node and pod plumbing in the host namespace the configuration names."""
+
+    def __init__(
+        self, host_netns: str | None, failpoints: Failpoints, block_metadata: bool = False
+    ) -> None:
+        self.host_netns = host_netns
+        self.failpoints = failpoints
+        self.block_metadata = block_metadata
+        self._broken: dict[str, str] = {}
+
+    def broken_enis(self) -> dict[str, str]:
+        """ENI id -> why its set-up failed; STATUS reports these."""
+        return dict(self._broken)
+
+    async def setup(self, snapshot: PoolSnapshot) -> None:
+        """Node-wide plumbing, then every ENI; one bad ENI must not stop the others."""
+        await asyncio.to_thread(
+            datapath.setup_node, self.host_netns, block_metadata=self.block_metadata
+        )
+        for eni in snapshot.enis:
+            try:
+                link = await asyncio.to_thread(datapath.setup_eni, self.host_netns, eni_spec(eni))
+            except DatapathError as error:
+                log.error("ENI %s (%s) not set up: %s", eni.id, eni.mac, error)
+                self._broken[eni.id] = str(error)
+                continue
+            self._broken.pop(eni.id, None)
+            log.info("ENI %s (%s) set up as %s", eni.id, eni.mac, link.ifname)
+
+    @staticmethod
+    def _pod_spec(
+        allocation: Allocation, entry: PoolAddress | None, netns: str, mtu: int
+    ) -> PodSpec:
+        """ENI and table as recorded at allocation; the pool entry fills them in for rows
+        from before they were recorded."""
+        key = allocation.key
+        return PodSpec(
+            netns=netns,
+            ifname=key.ifname,
+            host_ifname=datapath.host_ifname(key.network, key.container_id, key.ifname),
+            address=allocation.address,
+            eni_mac=allocation.eni_mac or (entry.eni.mac if entry else ""),
+            route_table=allocation.route_table or (entry.subnet.route_table if entry else 0),
+            mtu=mtu,
+        )
+
+    async def add_pod(
+        self, allocation: Allocation, entry: PoolAddress, netns: str, mtu: int
+    ) -> PodInterfaces:
+        spec = self._pod_spec(allocation, entry, netns, mtu)
+        if not self.failpoints.armed("mid-netlink"):
+            return await asyncio.to_thread(datapath.add_pod, self.host_netns, spec)
+        stop = threading.Event()
+        watcher = threading.Thread(
+            target=run_in_netns,
+            args=(self.host_netns, self._die_when_link_appears, spec.host_ifname, stop),
+            daemon=True,
+        )
+        watcher.start()
+        try:
+            return await asyncio.to_thread(datapath.add_pod, self.host_netns, spec)
+        finally:
+            stop.set()
+
+    def _die_when_link_appears(self, ifname: str, stop: threading.Event) -> None:
+        """Kills the daemon the moment the host veth exists: the datapath is half built."""
+        while not stop.is_set():
+            try:
+                socket.if_nametoindex(ifname)
+            except OSError:
+                stop.wait(0.0005)
+                continue
+            self.failpoints.hit("mid-netlink")
+            return
+
+    async def del_pod(self, allocation: Allocation, entry: PoolAddress | None, netns: str) -> None:
+        """Removes what ADD built for `allocation`; `entry` is None when the pool no
+        longer lists the address (the datapath then removes what it finds by name)."""
+        spec = self._pod_spec(allocation, entry, netns, _ANY_MTU)
+        await asyncio.to_thread(datapath.del_pod, self.host_netns, spec)
+
+    async def check_pod(
+        self, allocation: Allocation, entry: PoolAddress, netns: str, mtu: int
+    ) -> None:
+        spec = self._pod_spec(allocation, entry, netns, mtu)
+        await asyncio.to_thread(datapath.check_pod, self.host_netns, spec)
