@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from vpc_cni.kube.leader import LeaseTimings
 from vpc_cni.kube.resources import Watermarks
 
 
@@ -38,6 +39,22 @@ class ControllerConfig(BaseModel):
     compute_rate: RateLimit = Field(default=RateLimit(rate=2, burst=5), alias="computeRateLimit")
     resync_seconds: float = Field(default=30.0, alias="resyncSeconds", gt=0)
     gc_grace_seconds: float = Field(default=300.0, alias="gcGraceSeconds", ge=0)
+    gc_interval_seconds: float = Field(default=60.0, alias="gcIntervalSeconds", gt=0)
+    lease_seconds: int = Field(default=15, alias="leaseSeconds", ge=1)
+    lease_renew_seconds: float = Field(default=10.0, alias="leaseRenewSeconds", gt=0)
+    lease_retry_seconds: float = Field(default=2.0, alias="leaseRetrySeconds", gt=0)
+
+    @model_validator(mode="after")
+    def _lease_timings_consistent(self) -> ControllerConfig:
+        self.lease_timings().validate()
+        return self
+
+    def lease_timings(self) -> LeaseTimings:
+        """A standby takes over at most ``leaseSeconds`` after the leader stopped
+        renewing; shorter leases fail over faster but cost more apiserver writes."""
+        return LeaseTimings(
+            self.lease_seconds, self.lease_renew_seconds, self.lease_retry_seconds
+        )
 
 
 class ConfigError(ValueError):
