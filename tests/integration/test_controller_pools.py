@@ -70,14 +70,7 @@ async def test_new_leader_adopts_a_half_done_eni(
     ctl: ControllerEnv, neutron_net: NeutronNet, prefix: str
 ):
     # a crashed leader created the tagged port and added addresses, but wrote no spec
-    orphan = await ctl.ports.create(
-        name=f"vpccni-{ctl.node}-eni1",
-        network_id=neutron_net.network.id,
-        subnet_id=neutron_net.a.id,
-        cluster=prefix,
-        purpose="eni",
-        node=ctl.node,
-    )
+    orphan = await orphan_eni(ctl, neutron_net, prefix)
     await ctl.ports.add_tag(orphan.id, primary_tag(orphan.addresses()[0]))
     added = await ctl.ports.add_addresses(orphan.id, neutron_net.a.id, count=3)
     spec = await ctl.pools.reconcile(ctl.node)
@@ -89,6 +82,18 @@ async def test_new_leader_adopts_a_half_done_eni(
     assert len(eni.subnets[0].addresses) == 6
 
 
+async def orphan_eni(ctl: ControllerEnv, neutron_net: NeutronNet, prefix: str):
+    """The ENI port a crashed leader created for the node but never wrote to spec."""
+    return await ctl.ports.create(
+        name=f"vpccni-{ctl.node}-eni1",
+        network_id=neutron_net.network.id,
+        subnet_id=neutron_net.a.id,
+        cluster=prefix,
+        purpose="eni",
+        node=ctl.node,
+    )
+
+
 def _has_mac(mac: str) -> bool:
     with rtnl() as ipr:
         return link_by_mac(ipr, mac) is not None
@@ -98,14 +103,7 @@ async def test_untagged_orphan_with_one_address_is_adopted_and_tagged(
     ctl: ControllerEnv, neutron_net: NeutronNet, prefix: str
 ):
     # the crash came between creating the port and tagging its own address
-    orphan = await ctl.ports.create(
-        name=f"vpccni-{ctl.node}-eni1",
-        network_id=neutron_net.network.id,
-        subnet_id=neutron_net.a.id,
-        cluster=prefix,
-        purpose="eni",
-        node=ctl.node,
-    )
+    orphan = await orphan_eni(ctl, neutron_net, prefix)
     spec = await ctl.pools.reconcile(ctl.node)
     assert spec.enis[0].primary_ip.ip == orphan.addresses()[0]
     assert primary_tag(orphan.addresses()[0]) in (await ctl.ports.get(orphan.id)).tags
