@@ -7,8 +7,13 @@ Run by hand as root from the repository root:
 It builds the lab topology the integration tests use (one node), starts its daemon, and
 then for each round runs ADD and DEL of vpc-cni (the real executable and daemon) and of
 ptp + host-local (the reference plugins doing the equivalent work: veth, /32 in the pod,
-host route), alternating which goes first. Every plugin runs inside the node namespace,
-entered the same way (setns before exec), so both pay the same spawn cost.
+host route), rotating which goes first. Every plugin runs inside a node namespace,
+entered the same way (setns before exec), so all pay the same spawn cost.
+
+`--baseline REV` adds a third contender: the daemon of another git revision (extracted
+with `git archive`, run on a second node of the same topology by the same executable),
+interleaved in the same rounds, so a change is measured before/after under the same
+load instead of in two runs minutes apart on a shared machine.
 
 The breakdown splits a vpc-cni call into: the executable (a VERSION call, which never
 leaves the process), the daemon's own phases from its log line (store = sqlite,
@@ -119,28 +124,30 @@ def daemon_phases(log: str, prefix: str) -> dict[str, dict[str, float]]:
 
 
 def run_rounds(
-    rounds: int, vpc: Plugin, ptp: Plugin, netns: list[str], prefix: str
+    rounds: int, contenders: dict[str, tuple[Plugin, str]], prefix: str
 ) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """Samples per "plugin VERB", and the caller-side time of each vpc-cni call by id."""
-    samples: dict[str, list[float]] = {
-        key: [] for key in ("vpc ADD", "vpc DEL", "ptp ADD", "ptp DEL", "vpc VERSION")
-    }
-    vpc_calls: dict[str, float] = {}
+    """Samples per "name VERB", and the caller-side time of every call by "VERB cid".
+
+    `contenders` maps a name to its plugin and the pod namespace it uses; the first one
+    is vpc-cni, whose VERSION call measures the executable alone."""
+    names = list(contenders)
+    samples: dict[str, list[float]] = {f"{n} {v}": [] for n in names for v in ("ADD", "DEL")}
+    samples["vpc VERSION"] = []
+    calls: dict[str, float] = {}
     for n in range(rounds):
-        order = [("vpc", vpc, netns[0]), ("ptp", ptp, netns[1])]
-        if n % 2:
-            order.reverse()
-        for name, plugin, sandbox in order:
+        shift = n % len(names)
+        for name in names[shift:] + names[:shift]:
+            plugin, sandbox = contenders[name]
             container = f"{prefix}-{name}-{n}"
             for verb in ("ADD", "DEL"):
                 elapsed = plugin.run(verb, container, sandbox)
                 samples[f"{name} {verb}"].append(elapsed)
-                if name == "vpc":
-                    vpc_calls[f"{verb} {container}"] = elapsed
-        samples["vpc VERSION"].append(vpc.run("VERSION", f"{prefix}-v-{n}", netns[0]))
+                calls[f"{verb} {container}"] = elapsed
+        vpc, sandbox = contenders[names[0]]
+        samples["vpc VERSION"].append(vpc.run("VERSION", f"{prefix}-v-{n}", sandbox))
         if (n + 1) % 50 == 0:
             print(f"  {n + 1}/{rounds} rounds", file=sys.stderr)
-    return samples, vpc_calls
+    return samples, calls
 
 
 def _median(phases: list[dict[str, float]], phase: str) -> float:
@@ -153,10 +160,13 @@ def _median(phases: list[dict[str, float]], phase: str) -> float:
 
 def report(
     samples: dict[str, list[float]],
-    vpc_calls: dict[str, float],
+    calls: dict[str, float],
     phases: dict[str, dict[str, float]],
     rounds: int,
+    prefix: str,
+    daemons: Sequence[str] = ("vpc",),
 ) -> dict[str, Any]:
+    """Latency of every contender; ratio to ptp and breakdown of each daemon-backed one."""
     result: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"kernel": platform.release(), "cpus": os.cpu_count()},
@@ -168,14 +178,16 @@ def report(
     }
     latency = result["latency"]
     executable = latency["vpc VERSION"]["p50_ms"]
-    for verb in ("ADD", "DEL"):
-        vpc, ptp = latency[f"vpc {verb}"], latency[f"ptp {verb}"]
-        result["ratio_p50"][verb] = round(vpc["p50_ms"] / ptp["p50_ms"], 2)
-        result["ratio_p99"][verb] = round(vpc["p99_ms"] / ptp["p99_ms"], 2)
-        keys = [key for key in vpc_calls if key.startswith(verb) and key in phases]
-        outside = statistics.median(vpc_calls[key] - phases[key]["total"] for key in keys)
-        own = [phases[key] for key in keys]
-        result["breakdown_p50_ms"][verb] = {
+    for name, verb in ((name, verb) for name in daemons for verb in ("ADD", "DEL")):
+        key = verb if name == "vpc" else f"{name} {verb}"
+        vpc, ptp = latency[f"{name} {verb}"], latency[f"ptp {verb}"]
+        result["ratio_p50"][key] = round(vpc["p50_ms"] / ptp["p50_ms"], 2)
+        result["ratio_p99"][key] = round(vpc["p99_ms"] / ptp["p99_ms"], 2)
+        mine = f"{verb} {prefix}-{name}-"
+        keys = [call for call in calls if call.startswith(mine) and call in phases]
+        outside = statistics.median(calls[call] - phases[call]["total"] for call in keys)
+        own = [phases[call] for call in keys]
+        result["breakdown_p50_ms"][key] = {
             "caller_total": vpc["p50_ms"],
             "outside_daemon": round(outside, 3),
             "executable_start": executable,
@@ -191,19 +203,41 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"{'':14}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}")
     for key, value in latency.items():
         print(f"{key:14}{value['p50_ms']:>10.2f}{value['p99_ms']:>10.2f}{value['mean_ms']:>10.2f}")
-    for verb in ("ADD", "DEL"):
-        print(
-            f"{verb}: vpc-cni / ptp+host-local = {result['ratio_p50'][verb]}x at p50,"
-            f" {result['ratio_p99'][verb]}x at p99"
-        )
-        parts = ", ".join(f"{k} {v}" for k, v in result["breakdown_p50_ms"][verb].items())
-        print(f"  {verb} breakdown (p50 ms): {parts}")
+    for key, ratio in result["ratio_p50"].items():
+        print(f"{key}: / ptp+host-local = {ratio}x at p50, {result['ratio_p99'][key]}x at p99")
+        parts = ", ".join(f"{k} {v}" for k, v in result["breakdown_p50_ms"][key].items())
+        print(f"  {key} breakdown (p50 ms): {parts}")
+
+
+def vpc_conf(daemon: DaemonProcess) -> dict[str, Any]:
+    return {
+        "cniVersion": "1.0.0",
+        "name": "benchnet",
+        "type": "vpc-cni",
+        "daemonSocket": str(daemon.socket),
+    }
+
+
+def extract_revision(revision: str, into: Path) -> Path:
+    """The tree of a git revision, unpacked beside the benchmark's other files."""
+    tree = into / "baseline"
+    tree.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", revision], capture_output=True, check=False
+    )
+    if archive.returncode != 0:
+        raise SystemExit(f"git archive {revision} failed: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return tree
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=200, help="ADD+DEL rounds per plugin")
     parser.add_argument("--output", type=Path, help="JSON path (default bench/results/...)")
+    parser.add_argument(
+        "--baseline", metavar="REV", help="also run the daemon of this git revision ('base')"
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
@@ -215,19 +249,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     prefix = "vb" + secrets.token_hex(2)
     workdir = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
     topology: Topology | None = None
-    daemon: DaemonProcess | None = None
+    daemons: dict[str, DaemonProcess] = {}
     pods = PodNamespaces(prefix)
     try:
-        topology = Topology.build(prefix, node_count=1, pool_size=MAX_POOL)
+        topology = Topology.build(prefix, node_count=2 if args.baseline else 1, pool_size=MAX_POOL)
         node = topology.nodes[0]
-        daemon = DaemonProcess(node, workdir, cooldown=0.0)
-        daemon.start()
-        vpc_conf = {
-            "cniVersion": "1.0.0",
-            "name": "benchnet",
-            "type": "vpc-cni",
-            "daemonSocket": str(daemon.socket),
-        }
+        daemons["vpc"] = DaemonProcess(node, workdir / "vpc", cooldown=0.0)
+        env: dict[str, dict[str, str]] = {"vpc": {}}
+        if args.baseline:
+            tree = extract_revision(args.baseline, workdir)
+            daemons["base"] = DaemonProcess(topology.nodes[1], workdir / "base", cooldown=0.0)
+            # Import the package from the extracted tree, not from the working directory.
+            env["base"] = {"PYTHONSAFEPATH": "1", "PYTHONPATH": str(tree)}
+        for name, daemon in daemons.items():
+            daemon.workdir.mkdir()
+            daemon.start(env[name])
         ptp_conf = {
             "cniVersion": "1.0.0",
             "name": "benchptp",
@@ -238,14 +274,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "dataDir": str(workdir / "host-local"),
             },
         }
-        vpc = Plugin(SHIM, vpc_conf, node.netns)
-        ptp = Plugin(REFERENCE / "ptp", ptp_conf, node.netns)
-        netns = [pods.create(), pods.create()]
+        contenders = {
+            name: (Plugin(SHIM, vpc_conf(daemon), daemon.node.netns), pods.create())
+            for name, daemon in daemons.items()
+        }
+        contenders["ptp"] = (Plugin(REFERENCE / "ptp", ptp_conf, node.netns), pods.create())
         print(f"benchmarking {args.rounds} rounds (prefix {prefix})", file=sys.stderr)
-        samples, vpc_calls = run_rounds(args.rounds, vpc, ptp, netns, prefix)
-        result = report(samples, vpc_calls, daemon_phases(daemon.log(), prefix), args.rounds)
+        samples, calls = run_rounds(args.rounds, contenders, prefix)
+        phases = {
+            call: phase
+            for daemon in daemons.values()
+            for call, phase in daemon_phases(daemon.log(), prefix).items()
+        }
+        result = report(samples, calls, phases, args.rounds, prefix, list(daemons))
+        result["baseline"] = args.baseline
     finally:
-        if daemon is not None:
+        for daemon in daemons.values():
             daemon.cleanup()
         pods.cleanup()
         if topology is not None:

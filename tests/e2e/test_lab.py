@@ -7,6 +7,10 @@ scheduling guarantee, not luck.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
 from tests.fixtures.lab import LabCluster, wait_until
@@ -130,3 +134,22 @@ def test_cluster_ip_answers_from_other_node(lab_cluster: LabCluster, lab_namespa
     assert phase == "Succeeded"
     answer = lab_cluster.kubectl("logs", "client", "-n", lab_namespace).strip()
     assert answer == server_pod["metadata"]["name"]
+
+
+def _lab_status(lab: LabCluster, *extra: str) -> subprocess.CompletedProcess:
+    """``vpcctl lab status`` for the session's lab, as an operator runs it."""
+    argv = [sys.executable, "-m", "vpc_cni.cli", "lab", "status", "--name", lab.name, *extra]
+    return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+
+def test_status_reports_every_component_running(lab_cluster: LabCluster) -> None:
+    shown = _lab_status(lab_cluster)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "health              OK" in shown.stdout
+    report = json.loads(_lab_status(lab_cluster, "--json").stdout)
+    for name, node in report["nodes"].items():
+        assert node["ready"] and node["registered_ip"] == node["node_ip"]
+        assert node["primary_nic"]["ifname"] == lab_cluster.state.nodes[name]["ifname"]
+        assert set(node["components"]) == {"holder", "containerd", "kubelet", "kube-proxy"}
+        assert all(c["running"] and c["rss_mib"] > 0 for c in node["components"].values())
+    assert report["cloud"]["fabric_present"]

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 from openstack.connection import Connection
+from openstack.network.v2.port import Port
 
 from tests.fixtures.lab import LabCluster, wait_until
 from vpc_cni.lab.labcloud import nic_by_mac
@@ -33,7 +34,7 @@ def lab_cloud(lab_cluster: LabCluster) -> Iterator[Connection]:
 
 
 @pytest.fixture
-def attached_port(lab_cluster: LabCluster, lab_cloud: Connection, prefix: str) -> Iterator:
+def attached_port(lab_cluster: LabCluster, lab_cloud: Connection, prefix: str) -> Iterator[Port]:
     """A new port in the node subnet, attached to the first node through Nova."""
     state = lab_cluster.state
     node = lab_cluster.node_names[0]
@@ -58,7 +59,7 @@ def _reachable(lab: LabCluster, node: str, address: str) -> bool:
 
 
 def test_port_attached_through_nova_appears_and_its_new_address_is_reachable(
-    lab_cluster: LabCluster, lab_cloud: Connection, attached_port
+    lab_cluster: LabCluster, lab_cloud: Connection, attached_port: Port
 ) -> None:
     owner, other = lab_cluster.node_names
     state = lab_cluster.state

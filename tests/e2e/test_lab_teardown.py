@@ -75,6 +75,7 @@ def test_up_is_idempotent_and_down_leaves_nothing(small_lab: Lab, prefix: str) -
 
     small_lab.down()
     assert leftovers(prefix) == {kind: [] for kind in present}
+    assert prefix not in sysctls.holders()
     assert sysctls.snapshot() == before
 
 
@@ -98,4 +99,5 @@ def test_down_after_interrupted_up_leaves_nothing(small_lab: Lab, prefix: str) -
     assert leftovers(prefix)["processes"]
     small_lab.down()
     assert leftovers(prefix) == {kind: [] for kind in leftovers(prefix)}
+    assert prefix not in sysctls.holders()
     assert sysctls.snapshot() == before

@@ -2,12 +2,15 @@
 
 Work is keyed by node name in a de-duplicating queue: a burst of status updates
 from one node becomes one reconcile, and a failing node backs off on its own
-without holding up the others.
+without holding up the others. A node is never reconciled by two workers at once
+(two would both create its ENI), and the periodic GC runs alone: it waits for the
+reconciles in flight and holds new ones back while it decides what leaked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
@@ -15,6 +18,7 @@ import socket
 import time
 from typing import Any
 
+import aiohttp
 import openstack
 from kubernetes_asyncio.client import (
     ApiClient,
@@ -27,6 +31,7 @@ from kubernetes_asyncio.client import (
 from kubernetes_asyncio.client import (
     CoreV1Event as V1Event,
 )
+from kubernetes_asyncio.client.exceptions import ApiException
 from openstack.connection import Connection
 
 from vpc_cni.cloud.caller import CloudCaller
@@ -35,10 +40,20 @@ from vpc_cni.cloud.ports import Ports
 from vpc_cni.cloud.ratelimit import TokenBucket
 from vpc_cni.cloud.servers import Servers
 from vpc_cni.controller.config import ControllerConfig
-from vpc_cni.controller.metrics import LEADER, NODE_ADDRESSES, RECONCILE_ERRORS, RECONCILE_SECONDS
+from vpc_cni.controller.gc import GarbageCollector
+from vpc_cni.controller.metrics import (
+    ADDRESS_STATES,
+    GC_RUNS,
+    LEADER,
+    NODE_ADDRESSES,
+    RECONCILE_ERRORS,
+    RECONCILE_SECONDS,
+)
 from vpc_cni.controller.nodepool import NodePools, PoolError, SubnetInfos
+from vpc_cni.controller.staticip_watch import StaticIPWatch
+from vpc_cni.controller.staticips import StaticIPs
 from vpc_cni.kube.leader import LeaseElector
-from vpc_cni.kube.resources import GROUP, PLURALS, VERSION, NodeNetworkSpec
+from vpc_cni.kube.resources import GROUP, PLURALS, VERSION, NodeNetworkSpec, NodeNetworkStatus
 from vpc_cni.kube.watch import Informer
 
 log = logging.getLogger(__name__)
@@ -76,13 +91,23 @@ class Controller:
         self.kube = kube
         self.pools = pools
         self.core = CoreV1Api(kube)
+        self.gc = GarbageCollector(config, kube, pools.ports, pools.servers)
         self.nodes: set[str] = set()
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.queued: set[str] = set()
+        self.active: set[str] = set()  # being reconciled now
+        self.dirty: set[str] = set()  # changed while active: queue again when done
         self.failures: dict[str, int] = {}
+        self.reconciling = 0
+        self.idle = asyncio.Event()  # no reconcile in flight
+        self.idle.set()
+        self.open = asyncio.Event()  # cleared while GC runs
+        self.open.set()
 
     def enqueue(self, node: str) -> None:
-        if node not in self.queued:
+        if node in self.active:
+            self.dirty.add(node)
+        elif node not in self.queued:
             self.queued.add(node)
             self.queue.put_nowait(node)
 
@@ -90,12 +115,16 @@ class Controller:
         name = obj["metadata"]["name"]
         if kind == "DELETED":
             self.nodes.discard(name)
+            for state in ADDRESS_STATES:
+                with contextlib.suppress(KeyError):  # never reported
+                    NODE_ADDRESSES.remove(name, state)
             return
         self.nodes.add(name)
         self.enqueue(name)
 
     async def on_nodenetwork(self, kind: str, obj: dict[str, Any]) -> None:
         if kind != "DELETED" and obj["metadata"]["name"] in self.nodes:
+            self.report(obj)
             self.enqueue(obj["metadata"]["name"])
 
     async def on_subnet(self, kind: str, obj: dict[str, Any]) -> None:
@@ -105,17 +134,23 @@ class Controller:
     async def reconcile(self, node: str) -> None:
         started = time.monotonic()
         try:
-            spec = await self.pools.reconcile(node)
+            await self.pools.reconcile(node)
         except (CloudError, PoolError) as exc:
             reason = exc.kind.value if isinstance(exc, CloudError) else "pool"
             RECONCILE_ERRORS.labels(reason).inc()
             await self.event(node, "PoolNotReconciled", str(exc))
             self.retry_later(node)
             return
+        except (ApiException, aiohttp.ClientError, TimeoutError) as exc:
+            # the apiserver hiccuped (or another writer won a race): try again later;
+            # letting it escape would end leadership and restart every informer
+            RECONCILE_ERRORS.labels("kubernetes").inc()
+            log.warning("node %s: Kubernetes API error: %s", node, exc)
+            self.retry_later(node)
+            return
         finally:
             RECONCILE_SECONDS.observe(time.monotonic() - started)
         self.failures.pop(node, None)
-        self.report(node, spec)
 
     def retry_later(self, node: str) -> None:
         count = self.failures[node] = self.failures.get(node, 0) + 1
@@ -124,10 +159,19 @@ class Controller:
         asyncio.get_running_loop().call_later(delay, self.enqueue, node)
 
     @staticmethod
-    def report(node: str, spec: NodeNetworkSpec) -> None:
-        total = sum(len(s.addresses) for e in spec.enis for s in e.subnets)
-        NODE_ADDRESSES.labels(node, "total").set(total)
-        NODE_ADDRESSES.labels(node, "releasing").set(len(spec.release))
+    def report(obj: dict[str, Any]) -> None:
+        """Pool size and use as the NodeNetwork says (spec: ours, status: the
+        daemon's), so the gauges show what the node sees, not what we meant."""
+        node = obj["metadata"]["name"]
+        spec = NodeNetworkSpec.model_validate(obj.get("spec") or {})
+        status = NodeNetworkStatus.model_validate(obj.get("status") or {})
+        pool = {a for e in spec.enis for s in e.subnets for a in s.addresses}
+        used = {u.address for u in status.in_use} & pool
+        releasing = set(spec.release) & pool
+        NODE_ADDRESSES.labels(node, "total").set(len(pool))
+        NODE_ADDRESSES.labels(node, "used").set(len(used))
+        NODE_ADDRESSES.labels(node, "releasing").set(len(releasing - used))
+        NODE_ADDRESSES.labels(node, "free").set(len(pool - used - releasing))
 
     async def event(self, node: str, reason: str, message: str) -> None:
         """A Warning Event on the NodeNetwork, where `kubectl describe` shows it."""
@@ -154,14 +198,53 @@ class Controller:
     async def worker(self) -> None:
         while True:
             node = await self.queue.get()
+            while not self.open.is_set():  # re-checked: GC may close it as we wake
+                await self.open.wait()
             self.queued.discard(node)
-            await self.reconcile(node)
+            self.active.add(node)
+            self.reconciling += 1
+            self.idle.clear()
+            try:
+                await self.reconcile(node)
+            finally:
+                self.active.discard(node)
+                self.reconciling -= 1
+                if not self.reconciling:
+                    self.idle.set()
+                if node in self.dirty:
+                    self.dirty.discard(node)
+                    self.enqueue(node)
+
+    async def collect_garbage(self) -> None:
+        """Runs GC every ``gcIntervalSeconds``, alone: a reconcile between "created on
+        Neutron" and "written to spec" must not be judged by a GC pass midway."""
+        while True:
+            await asyncio.sleep(self.config.gc_interval_seconds)
+            self.open.clear()
+            try:
+                await self.idle.wait()
+                report = await self.gc.collect()
+            except (CloudError, ApiException, aiohttp.ClientError, TimeoutError) as exc:
+                GC_RUNS.labels("error").inc()
+                log.warning("gc pass failed: %s", exc)
+            else:
+                GC_RUNS.labels("ok").inc()
+                if report.deleted_ports or report.removed_addresses:
+                    log.info("gc: %s", report)
+            finally:
+                self.open.set()
 
     async def resync(self) -> None:
         while True:
             await asyncio.sleep(self.config.resync_seconds)
             for node in self.nodes:
                 self.enqueue(node)
+
+    def static_ips(self) -> StaticIPWatch:
+        """Fixed IPs follow their pods on their own queue (controller/staticips.py)."""
+        pools = self.pools
+        staticips = StaticIPs(self.config, self.kube, pools.ports, pools.subnets)
+        return StaticIPWatch(staticips, self.config.resync_seconds)
 
     async def lead(self) -> None:
         LEADER.set(1)
@@ -188,6 +271,8 @@ class Controller:
                 for _ in range(4):
                     tasks.create_task(self.worker())
                 tasks.create_task(self.resync())
+                tasks.create_task(self.collect_garbage())
+                tasks.create_task(self.static_ips().run())
         finally:
             LEADER.set(0)
 
@@ -202,6 +287,7 @@ async def run(
         lease_namespace,
         f"vpc-cni-controller-{config.cluster_name}",
         identity or f"{socket.gethostname()}-{random.getrandbits(32):08x}",
+        config.lease_timings(),
     )
     try:
         await elector.run(controller.lead)

@@ -52,9 +52,7 @@ class ControllerConfig(BaseModel):
     def lease_timings(self) -> LeaseTimings:
         """A standby takes over at most ``leaseSeconds`` after the leader stopped
         renewing; shorter leases fail over faster but cost more apiserver writes."""
-        return LeaseTimings(
-            self.lease_seconds, self.lease_renew_seconds, self.lease_retry_seconds
-        )
+        return LeaseTimings(self.lease_seconds, self.lease_renew_seconds, self.lease_retry_seconds)
 
 
 class ConfigError(ValueError):

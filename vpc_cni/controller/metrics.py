@@ -10,9 +10,13 @@ RECONCILE_SECONDS = Histogram(
 RECONCILE_ERRORS = Counter(
     "vpccni_controller_reconcile_errors_total", "Failed node reconciles by reason", ["reason"]
 )
+ADDRESS_STATES = ("total", "used", "free", "releasing")
 NODE_ADDRESSES = Gauge(
     "vpccni_node_addresses",
-    "Pool addresses per node by state (free, used, total)",
+    "Pool addresses per node by state (total = used + free + releasing)",
     ["node", "state"],
+)
+GC_RUNS = Counter(
+    "vpccni_controller_gc_runs_total", "Garbage-collection passes by result", ["result"]
 )
 LEADER = Gauge("vpccni_controller_leader", "1 while this replica leads")

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -82,9 +82,28 @@ class EniConfig(_Model):
 
 
 class PoolConfig(_Model):
-    """The node's address pool as the file pool source reads it."""
+    """The node's address pool, or where to find it.
 
+    With `source: file` the pool is `enis` itself. With `source: nodeNetwork` the pool
+    is the spec of the NodeNetwork named `nodeName` (the controller owns it), so the
+    file must not list ENIs: two owners of one pool would disagree sooner or later.
+    """
+
+    source: Literal["file", "nodeNetwork"] = "file"
+    node_name: Annotated[str, Field(min_length=1)] | None = None
+    kubeconfig: Path | None = None
     enis: list[EniConfig] = []
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> PoolConfig:
+        if self.source == "nodeNetwork":
+            if self.node_name is None:
+                raise ValueError("source nodeNetwork needs nodeName (this node's name)")
+            if self.enis:
+                raise ValueError("source nodeNetwork takes the ENIs from the cluster; drop enis")
+        elif self.node_name is not None or self.kubeconfig is not None:
+            raise ValueError("nodeName and kubeconfig only apply to source nodeNetwork")
+        return self
 
     @model_validator(mode="after")
     def _unique(self) -> PoolConfig:
@@ -105,9 +124,11 @@ class DaemonConfig(_Model):
     host_netns: Path | None = None
     cooldown_seconds: Annotated[float, Field(ge=0, le=86400)] = 30.0
     block_metadata: bool = False
+    metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    ready_file: Path | None = None
     pool: PoolConfig = Field(default_factory=PoolConfig)
 
-    @field_validator("socket", "state_dir", "host_netns")
+    @field_validator("socket", "state_dir", "host_netns", "ready_file")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_absolute():

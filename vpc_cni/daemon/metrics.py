@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 REQUEST_SECONDS = Histogram(
     "vpccni_cni_request_seconds",
@@ -14,4 +14,17 @@ REQUEST_ERRORS = Counter(
     "vpccni_cni_request_errors_total",
     "CNI requests answered with an error, by command and CNI error code.",
     ["command", "code"],
+)
+POOL_ADDRESSES = Gauge(
+    "vpccni_pool_addresses",
+    "Pool addresses by subnet and state (free: an ADD could take it now; used: allocated).",
+    ["subnet", "state"],
+)
+STATUS_PATCHES = Counter(
+    "vpccni_nodenetwork_status_patches_total",
+    "Status subresource patches written to this node's NodeNetwork (one per burst).",
+)
+NODENETWORK_RELISTS = Gauge(
+    "vpccni_nodenetwork_relists",
+    "Full lists of this node's NodeNetwork (the first, then one per expired watch).",
 )

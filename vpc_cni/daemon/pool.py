@@ -31,16 +31,21 @@ class PoolAddress:
 
 @dataclass(frozen=True)
 class PoolSnapshot:
-    """The pool at one moment; immutable so a request sees one consistent view."""
+    """The pool at one moment; immutable so a request sees one consistent view.
+
+    `withheld` are addresses the pool still lists but must not hand out (the
+    controller asked for them back): a pod holding one keeps working, as `locate`
+    still finds it, while `addresses` no longer offers it to an ADD.
+    """
 
     config: PoolConfig
+    withheld: frozenset[IPv4Address] = frozenset()
 
     @property
     def enis(self) -> list[EniConfig]:
         return self.config.enis
 
-    def addresses(self, subnet_id: str | None = None) -> list[PoolAddress]:
-        """Pool addresses in file order, optionally of one subnet only."""
+    def _entries(self, subnet_id: str | None) -> list[PoolAddress]:
         return [
             PoolAddress(address, eni, subnet)
             for eni in self.config.enis
@@ -49,12 +54,16 @@ class PoolSnapshot:
             for address in subnet.addresses
         ]
 
+    def addresses(self, subnet_id: str | None = None) -> list[PoolAddress]:
+        """Addresses an ADD may take, in pool order, optionally of one subnet only."""
+        return [e for e in self._entries(subnet_id) if e.address not in self.withheld]
+
     def subnet_ids(self) -> list[str]:
         return [subnet.id for eni in self.config.enis for subnet in eni.subnets]
 
     def locate(self, address: IPv4Address) -> PoolAddress | None:
-        """The ENI and subnet of an address, if the pool still lists it."""
-        for entry in self.addresses():
+        """The ENI and subnet of an address, if the pool still lists it (withheld too)."""
+        for entry in self._entries(None):
             if entry.address == address:
                 return entry
         return None

@@ -28,12 +28,17 @@ from vpc_cni.datapath.rules import find_rules, pod_rule_specs
 def check_pod(host_netns: str | None, pod: PodSpec) -> None:
     """Raise DatapathCheckError naming the first missing or wrong piece of the pod."""
     validate_pod(pod, needs_netns=True)
-    run_in_netns(host_netns, _check_pod_standalone, pod)
+    inspect_pod(host_netns, pod)
 
 
-def _check_pod_standalone(pod: PodSpec) -> None:
+def inspect_pod(host_netns: str | None, pod: PodSpec) -> PodInterfaces:
+    """CHECK that also returns the interfaces it found (a repeated ADD answers with them)."""
+    return run_in_netns(host_netns, _check_pod_standalone, pod)
+
+
+def _check_pod_standalone(pod: PodSpec) -> PodInterfaces:
     with rtnl() as ipr:
-        check_pod_here(ipr, pod)
+        return check_pod_here(ipr, pod)
 
 
 def _require(ok: bool, problem: str) -> None:

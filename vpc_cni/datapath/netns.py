@@ -13,7 +13,8 @@ import ctypes
 import errno
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -42,6 +43,36 @@ def enter_netns(path: str) -> None:
             raise DatapathError(f"cannot enter network namespace {path}: {os.strerror(err)}")
     finally:
         os.close(fd)
+
+
+@contextmanager
+def visiting(path: str) -> Iterator[None]:
+    """Move the calling thread into ``path`` for the block, then back where it was.
+
+    A socket keeps the namespace it was opened in, so a netlink socket opened during
+    the visit serves ``path`` while the thread works on in its own namespace: cheaper
+    than a thread per call. Keep the block to opening sockets: nothing else running in
+    the thread meanwhile should see another namespace.
+    """
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        enter_netns(path)
+        try:
+            yield
+        finally:
+            if _libc.setns(home, _CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise DatapathError(f"cannot return from {path}: {os.strerror(err)}")
+    finally:
+        os.close(home)
+
+
+def open_in_netns(path: str | None, opener: Callable[[], T]) -> T:
+    """``opener()`` (a socket factory) run inside ``path``; None: right here."""
+    if path is None:
+        return opener()
+    with visiting(path):
+        return opener()
 
 
 def run_in_netns(path: str | None, fn: Callable[..., T], *args: object) -> T:

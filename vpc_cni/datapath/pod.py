@@ -14,23 +14,27 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute
-
-from vpc_cni.datapath.check import check_pod_here
+from vpc_cni.datapath.check import inspect_pod
 from vpc_cni.datapath.model import DatapathCheckError, DatapathError, PodInterfaces, PodSpec
 from vpc_cni.datapath.names import FROM_POD_PRIORITY, MAIN_TABLE, POD_GATEWAY, TO_POD_PRIORITY
-from vpc_cni.datapath.netns import run_in_netns
-from vpc_cni.datapath.podspec import validate_pod
-from vpc_cni.datapath.rtnl import (
-    NTF_PROXY,
-    NUD_PERMANENT,
-    SCOPE_LINK,
-    find_eni,
-    link_by_name,
-    remove_quietly,
-    rtnl,
-    step,
+from vpc_cni.datapath.netns import open_in_netns
+from vpc_cni.datapath.nlops import (
+    add_address,
+    add_default_route,
+    add_link_route,
+    add_permanent_neighbour,
+    create_veth,
+    delete_host_route,
+    delete_link,
+    delete_proxy_neighbour,
+    eni_index,
+    host_route_owner,
+    link_named,
+    replace_proxy_neighbour,
+    set_up,
 )
+from vpc_cni.datapath.nlsock import Request, Rtnl
+from vpc_cni.datapath.podspec import validate_pod
 from vpc_cni.datapath.rules import delete_rules, replace_rule
 
 log = logging.getLogger(__name__)
@@ -42,58 +46,63 @@ Undo = Callable[[], None]
 class PodBuild:
     """What ADD has learnt so far; later steps and undos read it."""
 
-    ipr: IPRoute
+    rt: Rtnl
     pod: PodSpec
     eni_index: int
     host_index: int = 0
     host_mac: str = ""
     pod_mac: str = ""
 
-    @property
-    def address(self) -> str:
-        return str(self.pod.address)
-
 
 Step = Callable[[PodBuild], Undo | None]
 
 
 def add_pod(host_netns: str | None, pod: PodSpec) -> PodInterfaces:
-    """Plumb the pod; all-or-nothing, and a repeat with the same spec returns the same."""
+    """Plumb the pod; all-or-nothing, and a repeat with the same spec returns the same.
+
+    Runs in the caller's thread: the netlink sockets are opened inside the host and
+    pod namespaces (a moment's setns there and back) and then serve them from here.
+    """
     validate_pod(pod, needs_netns=True)
-    return run_in_netns(host_netns, _add_pod_here, pod)
+    with open_in_netns(host_netns, Rtnl) as rt:
+        if link_named(rt, pod.host_ifname) is not None:
+            try:
+                return inspect_pod(host_netns, pod)
+            except DatapathCheckError as exc:
+                log.info("repairing %s: %s", pod.host_ifname, exc)
+                remove_pod_here(rt, pod)
+        index = eni_index(rt, pod.eni_mac)
+        if index is None:
+            raise DatapathError(f"no network interface with MAC {pod.eni_mac}")
+        return _build(PodBuild(rt=rt, pod=pod, eni_index=index))
 
 
 def del_pod(host_netns: str | None, pod: PodSpec) -> None:
     """Remove the pod's datapath; idempotent, and the pod namespace may be gone."""
     validate_pod(pod, needs_netns=False)
-    run_in_netns(host_netns, _del_pod_here, pod)
+    with open_in_netns(host_netns, Rtnl) as rt:
+        remove_pod_here(rt, pod)
 
 
-def _add_pod_here(pod: PodSpec) -> PodInterfaces:
-    with rtnl() as ipr:
-        if link_by_name(ipr, pod.host_ifname) is not None:
-            try:
-                return check_pod_here(ipr, pod)
-            except DatapathCheckError as exc:
-                log.info("repairing %s: %s", pod.host_ifname, exc)
-                remove_pod_here(ipr, pod)
-        build = PodBuild(ipr=ipr, pod=pod, eni_index=find_eni(ipr, pod.eni_mac)["index"])
-        undos: list[Undo] = []
-        try:
-            for add_step in ADD_STEPS:
-                undo = add_step(build)
-                if undo is not None:
-                    undos.append(undo)
-        except BaseException:
-            _roll_back(undos)
-            raise
-        return PodInterfaces(
-            host_ifname=pod.host_ifname,
-            host_mac=build.host_mac,
-            pod_ifname=pod.ifname,
-            pod_mac=build.pod_mac,
-            netns=pod.netns,
-        )
+def _build(build: PodBuild) -> PodInterfaces:
+    """Run ADD_STEPS; a failure undoes the finished ones in reverse."""
+    pod = build.pod
+    undos: list[Undo] = []
+    try:
+        for add_step in ADD_STEPS:
+            undo = add_step(build)
+            if undo is not None:
+                undos.append(undo)
+    except BaseException:
+        _roll_back(undos)
+        raise
+    return PodInterfaces(
+        host_ifname=pod.host_ifname,
+        host_mac=build.host_mac,
+        pod_ifname=pod.ifname,
+        pod_mac=build.pod_mac,
+        netns=pod.netns,
+    )
 
 
 def _roll_back(undos: list[Undo]) -> None:
@@ -104,6 +113,15 @@ def _roll_back(undos: list[Undo]) -> None:
             log.error("rollback left something behind: %s", exc)
 
 
+def _removing(rt: Rtnl, request: Request) -> Undo:
+    """The undo of a step: remove what it made, unless that is already gone."""
+
+    def undo() -> None:
+        rt.call_quietly(request)
+
+    return undo
+
+
 def _create_veth(b: PodBuild) -> Undo:
     pod = b.pod
     try:
@@ -111,87 +129,73 @@ def _create_veth(b: PodBuild) -> Undo:
     except OSError as exc:
         raise DatapathError(f"pod network namespace {pod.netns}: {exc.strerror}") from None
     try:
-        with step(f"create veth {pod.host_ifname} <-> {pod.ifname} in {pod.netns}"):
-            b.ipr.link(
-                "add",
-                ifname=pod.host_ifname,
-                kind="veth",
-                mtu=pod.mtu,
-                peer={"ifname": pod.ifname, "mtu": pod.mtu, "net_ns_fd": pod_ns},
-            )
+        what = f"create veth {pod.host_ifname} <-> {pod.ifname} in {pod.netns}"
+        b.rt.call(create_veth(pod.host_ifname, pod.ifname, pod.mtu, pod_ns, what))
     finally:
         os.close(pod_ns)
-    host = link_by_name(b.ipr, pod.host_ifname)
+    host = link_named(b.rt, pod.host_ifname)
     if host is None:
         raise DatapathError(f"veth {pod.host_ifname} vanished right after creation")
-    b.host_index, b.host_mac = host["index"], host.get("address")
-    return lambda: remove_quietly(
-        f"remove veth {pod.host_ifname}", b.ipr.link, "del", index=b.host_index
-    )
+    b.host_index, b.host_mac = host.index, host.mac
+    return _removing(b.rt, delete_link(b.host_index, f"remove veth {pod.host_ifname}"))
 
 
 def _configure_pod_side(b: PodBuild) -> None:
-    b.pod_mac = run_in_netns(b.pod.netns, _pod_side_here, b.pod, b.host_mac)
-
-
-def _pod_side_here(pod: PodSpec, host_mac: str) -> str:
-    gateway = str(POD_GATEWAY)
+    """One socket opened inside the pod namespace, all pod-side pieces in one write."""
+    pod = b.pod
     where = f"{pod.ifname} in {pod.netns}"
-    with rtnl() as ipr:
-        link = link_by_name(ipr, pod.ifname)
+    with open_in_netns(pod.netns, Rtnl) as pod_rt:
+        link = link_named(pod_rt, pod.ifname)
         if link is None:
             raise DatapathError(f"{where} is missing after veth creation")
-        index = link["index"]
-        with step(f"add {pod.address}/32 to {where}"):
-            ipr.addr("add", index=index, address=str(pod.address), prefixlen=32)
-        with step(f"set {where} up"):
-            ipr.link("set", index=index, state="up")
-        with step(f"add route {gateway} scope link to {where}"):
-            ipr.route("add", dst=f"{gateway}/32", oif=index, scope=SCOPE_LINK)
-        with step(f"add neighbour {gateway} -> {host_mac} to {where}"):
-            ipr.neigh("add", dst=gateway, lladdr=host_mac, ifindex=index, state=NUD_PERMANENT)
-        with step(f"add default route via {gateway} to {where}"):
-            ipr.route("add", dst="0.0.0.0/0", gateway=gateway, oif=index)
-        return link.get("address")
+        pod_rt.call(
+            set_up(link.index, f"set {where} up"),
+            add_address(link.index, pod.address, 32, f"add {pod.address}/32 to {where}"),
+            add_link_route(
+                POD_GATEWAY,
+                link.index,
+                MAIN_TABLE,
+                f"add route {POD_GATEWAY} scope link to {where}",
+            ),
+            add_permanent_neighbour(
+                POD_GATEWAY,
+                b.host_mac,
+                link.index,
+                f"add neighbour {POD_GATEWAY} -> {b.host_mac} to {where}",
+            ),
+            add_default_route(
+                POD_GATEWAY, link.index, MAIN_TABLE, f"add default via {POD_GATEWAY} to {where}"
+            ),
+        )
+        b.pod_mac = link.mac
 
 
 def _host_side_up(b: PodBuild) -> None:
-    with step(f"set {b.pod.host_ifname} up"):
-        b.ipr.link("set", index=b.host_index, state="up")
+    b.rt.call(set_up(b.host_index, f"set {b.pod.host_ifname} up"))
 
 
 def _host_route(b: PodBuild) -> Undo:
-    where = f"route {b.address}/32 dev {b.pod.host_ifname}"
-    with step(f"add {where}"):
-        b.ipr.route(
-            "replace",
-            dst=f"{b.address}/32",
-            oif=b.host_index,
-            scope=SCOPE_LINK,
-            table=MAIN_TABLE,
-        )
-    return lambda: remove_quietly(
-        f"remove {where}", b.ipr.route, "del", dst=f"{b.address}/32", table=MAIN_TABLE
-    )
+    address = b.pod.address
+    where = f"route {address}/32 dev {b.pod.host_ifname}"
+    b.rt.call(add_link_route(address, b.host_index, MAIN_TABLE, f"add {where}", replace=True))
+    return _removing(b.rt, delete_host_route(address, b.host_index, MAIN_TABLE, f"remove {where}"))
 
 
 def _to_pod_rule(b: PodBuild) -> Undo:
-    replace_rule(b.ipr, TO_POD_PRIORITY, "dst", b.address, MAIN_TABLE)
-    return lambda: delete_rules(b.ipr, TO_POD_PRIORITY, "dst", b.address)
+    replace_rule(b.rt, TO_POD_PRIORITY, "dst", b.pod.address, MAIN_TABLE)
+    return lambda: delete_rules(b.rt, TO_POD_PRIORITY, "dst", b.pod.address)
 
 
 def _from_pod_rule(b: PodBuild) -> Undo:
-    replace_rule(b.ipr, FROM_POD_PRIORITY, "src", b.address, b.pod.route_table)
-    return lambda: delete_rules(b.ipr, FROM_POD_PRIORITY, "src", b.address)
+    replace_rule(b.rt, FROM_POD_PRIORITY, "src", b.pod.address, b.pod.route_table)
+    return lambda: delete_rules(b.rt, FROM_POD_PRIORITY, "src", b.pod.address)
 
 
 def _proxy_neighbour(b: PodBuild) -> Undo:
-    where = f"proxy neighbour {b.address} on ENI {b.pod.eni_mac}"
-    with step(f"add {where}"):
-        b.ipr.neigh("replace", dst=b.address, ifindex=b.eni_index, flags=NTF_PROXY)
-    return lambda: remove_quietly(
-        f"remove {where}", b.ipr.neigh, "del", dst=b.address, ifindex=b.eni_index, flags=NTF_PROXY
-    )
+    address = b.pod.address
+    where = f"proxy neighbour {address} on ENI {b.pod.eni_mac}"
+    b.rt.call(replace_proxy_neighbour(address, b.eni_index, f"add {where}"))
+    return _removing(b.rt, delete_proxy_neighbour(address, b.eni_index, f"remove {where}"))
 
 
 ADD_STEPS: list[Step] = [
@@ -205,55 +209,29 @@ ADD_STEPS: list[Step] = [
 ]
 
 
-def _del_pod_here(pod: PodSpec) -> None:
-    with rtnl() as ipr:
-        remove_pod_here(ipr, pod)
-
-
-def _route_owner(ipr: IPRoute, address: str) -> int | None:
-    """Interface index of the main-table /32 route to ``address``, if any."""
-    for route in ipr.route("dump", table=MAIN_TABLE, family=2):
-        if route.get("dst") == address and route["dst_len"] == 32:
-            return route.get("oif")
-    return None
-
-
-def remove_pod_here(ipr: IPRoute, pod: PodSpec) -> None:
+def remove_pod_here(rt: Rtnl, pod: PodSpec) -> None:
     """Remove everything ADD makes, skipping what is already gone.
 
     The address-keyed pieces are left alone when the /32 route points at another
     interface: the address then belongs to a newer pod, and a late or repeated DEL
     (containerd sends two) must not cut it off.
     """
-    address = str(pod.address)
-    host = link_by_name(ipr, pod.host_ifname)
-    owner = _route_owner(ipr, address)
-    if owner is None or (host is not None and owner == host["index"]):
-        delete_rules(ipr, TO_POD_PRIORITY, "dst", address)
-        delete_rules(ipr, FROM_POD_PRIORITY, "src", address)
-        try:
-            eni_index = find_eni(ipr, pod.eni_mac)["index"]
-        except DatapathError:
-            eni_index = None  # the ENI went away, and its proxy entries with it
-        if eni_index is not None:
-            remove_quietly(
-                f"remove proxy neighbour {address}",
-                ipr.neigh,
-                "del",
-                dst=address,
-                ifindex=eni_index,
-                flags=NTF_PROXY,
+    address = pod.address
+    host = link_named(rt, pod.host_ifname)
+    owner = host_route_owner(rt, address, MAIN_TABLE)
+    if owner is None or (host is not None and owner == host.index):
+        delete_rules(rt, TO_POD_PRIORITY, "dst", address)
+        delete_rules(rt, FROM_POD_PRIORITY, "src", address)
+        eni = eni_index(rt, pod.eni_mac)  # None: the ENI went away, its proxy entries too
+        if eni is not None:
+            rt.call_quietly(
+                delete_proxy_neighbour(address, eni, f"remove proxy neighbour {address}")
             )
         if owner is not None:
-            remove_quietly(
-                f"remove route {address}/32",
-                ipr.route,
-                "del",
-                dst=f"{address}/32",
-                oif=owner,
-                table=MAIN_TABLE,
+            rt.call_quietly(
+                delete_host_route(address, owner, MAIN_TABLE, f"remove route {address}/32")
             )
     else:
         log.info("%s now routes to ifindex %s; leaving its rules in place", address, owner)
     if host is not None:
-        remove_quietly(f"remove veth {pod.host_ifname}", ipr.link, "del", index=host["index"])
+        rt.call_quietly(delete_link(host.index, f"remove veth {pod.host_ifname}"))

@@ -7,17 +7,14 @@ own egress out of the ENI that owns its address.
 
 from __future__ import annotations
 
+from ipaddress import IPv4Address
+
 from pyroute2 import IPRoute
 
 from vpc_cni.datapath.names import FROM_POD_PRIORITY, MAIN_TABLE, TO_POD_PRIORITY
-from vpc_cni.datapath.rtnl import (
-    Message,
-    remove_quietly,
-    rule_selects,
-    rule_table,
-    rules_at,
-    step,
-)
+from vpc_cni.datapath.nlops import add_rule, delete_rule
+from vpc_cni.datapath.nlsock import Rtnl
+from vpc_cni.datapath.rtnl import Message, rule_selects, rules_at
 
 
 def pod_rule_specs(route_table: int) -> tuple[tuple[int, str, int], ...]:
@@ -33,21 +30,18 @@ def find_rules(ipr: IPRoute, priority: int, field: str, address: str) -> list[Me
     return [r for r in rules_at(ipr, priority) if rule_selects(r, field, address)]
 
 
-def delete_rules(ipr: IPRoute, priority: int, field: str, address: str) -> None:
-    """Remove every rule at ``priority`` for address/32, whatever table it points at."""
-    for rule in find_rules(ipr, priority, field, address):
-        remove_quietly(
-            f"remove rule {field} {address} priority {priority}",
-            ipr.rule,
-            "del",
-            priority=priority,
-            table=rule_table(rule),
-            **{field: address, f"{field}_len": 32},
-        )
+def delete_rules(rt: Rtnl, priority: int, field: str, address: IPv4Address) -> None:
+    """Remove every rule at ``priority`` for address/32, whatever table it points at.
+
+    The kernel deletes one matching rule per request (a table of 0 matches any), so
+    this asks until nothing matches: one round trip when there was none."""
+    what = f"remove rule {field} {address} priority {priority}"
+    while rt.call_quietly(delete_rule(priority, field, address, what)):
+        pass
 
 
-def replace_rule(ipr: IPRoute, priority: int, field: str, address: str, table: int) -> None:
+def replace_rule(rt: Rtnl, priority: int, field: str, address: IPv4Address, table: int) -> None:
     """Make the rule for address/32 at ``priority`` point at ``table`` and nothing else."""
-    delete_rules(ipr, priority, field, address)
-    with step(f"add rule {field} {address} lookup {table} priority {priority}"):
-        ipr.rule("add", priority=priority, table=table, **{field: address, f"{field}_len": 32})
+    delete_rules(rt, priority, field, address)
+    what = f"add rule {field} {address} lookup {table} priority {priority}"
+    rt.call(add_rule(priority, field, address, table, what))

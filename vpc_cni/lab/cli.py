@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 
 from vpc_cni.lab.cluster import DEFAULT_NAME, DEFAULT_NODES, MAX_NODES, Lab, LabError
 
@@ -65,7 +66,10 @@ def _print_progress(component: str, message: str) -> None:
     print(f"  {component:<16} {message}", flush=True)
 
 
-def _guarded(run):  # type: ignore[no-untyped-def]
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _guarded(run: Handler) -> Handler:
     """Turn a LabError into one clear line on stderr and exit code 1, never a traceback."""
 
     def wrapper(args: argparse.Namespace) -> int:

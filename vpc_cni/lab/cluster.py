@@ -24,10 +24,20 @@ from pathlib import Path
 from openstack.connection import Connection
 from openstack.exceptions import SDKException
 
-from vpc_cni.lab import cgroups, images, kubebuild, labcloud, nodes, podnet, procs, sysctls
+from vpc_cni.lab import (
+    cgroups,
+    images,
+    kubebuild,
+    labcloud,
+    labstatus,
+    nodes,
+    podnet,
+    procs,
+    sysctls,
+)
 from vpc_cni.lab.controlplane import ALL_COMPONENTS, ControlPlane, ControlPlaneConfig
 from vpc_cni.lab.controlplane import STATE_FILE as CONTROLPLANE_FILE
-from vpc_cni.lab.labstate import LAB_FILE, LabState, process_status
+from vpc_cni.lab.labstate import LAB_FILE, LabState
 from vpc_cni.lab.nodes import NodePlan
 from vpc_cni.lab.paths import state_root
 
@@ -297,7 +307,7 @@ class Lab:
         started = time.monotonic()
         deadline = started + NODE_READY_TIMEOUT
         wanted = set(state.nodes)
-        while (ready := ready_nodes(state, plane)) != wanted:
+        while (ready := labstatus.ready_nodes(state, plane)) != wanted:
             for name in wanted:
                 for role, rec in state.processes(name).records.items():
                     if not rec.alive():
@@ -316,40 +326,7 @@ class Lab:
 
     def status(self) -> dict:
         """What the lab has and whether each piece is alive, for ``vpcctl lab status``."""
-        state = self.load()
-        report: dict = {
-            "name": self.name,
-            "state_dir": str(self.dir),
-            "management": {"bridge": state.mgmt_bridge, "cidr": state.mgmt_cidr},
-            "control_plane": {},
-            "nodes": {},
-        }
-        plane = None
-        if (Path(state.controlplane_dir or "/nonexistent") / CONTROLPLANE_FILE).exists():
-            plane = ControlPlane.load(Path(state.controlplane_dir))
-            report["control_plane"] = {
-                "server": plane.server,
-                "admin_kubeconfig": str(plane.kubeconfig),
-                "components": {c: process_status(r) for c, r in plane.records.items()},
-            }
-        report["cloud"] = labcloud.cloud_status(state)
-        api_view = node_conditions(state, plane) if plane else {}
-        for name in sorted(state.nodes):
-            plan, info = state.plan(name), state.nodes[name]
-            seen = api_view.get(name, {})
-            report["nodes"][name] = {
-                "namespace": plan.name if nodes.netns_exists(plan.name) else None,
-                "mgmt_ip": plan.mgmt_node,
-                "node_ip": info["node_ip"],
-                "registered_ip": seen.get("internal_ip", ""),
-                "primary_nic": {k: info.get(k, "") for k in ("ifname", "mac", "port_id")},
-                "pod_cidr": plan.pod_cidr,
-                "ready": seen.get("ready", False),
-                "components": {
-                    role: process_status(rec) for role, rec in state.processes(name).records.items()
-                },
-            }
-        return report
+        return labstatus.describe(self.load(), self.dir)
 
     # -- down -------------------------------------------------------------------------
 
@@ -435,38 +412,6 @@ class Lab:
             state.sysctls_held = False
             shown = ", ".join(f"{k}={v}" for k, v in restored.items()) or "nothing to restore"
             self.progress("host", f"sysctls: {shown}")
-
-
-def kubectl(state: LabState, plane: ControlPlane, *args: str) -> subprocess.CompletedProcess:
-    """Run the lab's kubectl as the admin user; the caller checks the exit code."""
-    argv = [str(Path(state.bin_dir) / "kubectl"), f"--kubeconfig={plane.kubeconfig}", *args]
-    return subprocess.run(argv, capture_output=True, text=True, check=False)
-
-
-def node_conditions(state: LabState, plane: ControlPlane) -> dict[str, dict]:
-    """Each registered lab node's Ready condition and InternalIP (empty if the API is down)."""
-    try:
-        proc = kubectl(state, plane, "get", "nodes", "-o", "json")
-    except OSError:
-        return {}  # no kubectl (yet): report what the processes say
-    if proc.returncode != 0:
-        return {}
-    found = {}
-    for item in json.loads(proc.stdout)["items"]:
-        name = item["metadata"]["name"]
-        ready = [c for c in item["status"].get("conditions", []) if c["type"] == "Ready"]
-        addresses = {a["type"]: a["address"] for a in item["status"].get("addresses", [])}
-        found[name] = {
-            "ready": bool(ready) and ready[0]["status"] == "True",
-            "internal_ip": addresses.get("InternalIP", ""),
-        }
-    return found
-
-
-def ready_nodes(state: LabState, plane: ControlPlane) -> set[str]:
-    """Names of the lab's nodes whose Ready condition is True."""
-    found = node_conditions(state, plane)
-    return {name for name, info in found.items() if info["ready"]} & set(state.nodes)
 
 
 def _node_name(lab: str, index: int) -> str:

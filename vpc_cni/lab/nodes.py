@@ -38,7 +38,6 @@ MGMT_IFNAME = "mgmt0"
 # A node's processes, in start order.
 ROLES = ("holder", "containerd", "kubelet", "kube-proxy")
 DAEMONS_CGROUP = "daemons"
-KUBELET_HEALTHZ = "http://127.0.0.1:10248/healthz"
 
 
 class NodeError(RuntimeError):
@@ -90,9 +89,6 @@ class NodeProcesses:
     """The running processes of one node, by role (holder, containerd, kubelet, ...)."""
 
     records: dict[str, ProcessRecord] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {role: rec.to_dict() for role, rec in self.records.items()}
 
     @classmethod
     def from_dict(cls, data: dict) -> NodeProcesses:
@@ -248,9 +244,10 @@ def start_containerd(
     record = spawn_in_cgroup(
         plan, "containerd", [*enter_argv(holder), "containerd", "--config", str(config.config_file)]
     )
-    client = Containerd(config, log=None)
-    wait_alive_until(record, lambda: _serving(client), timeout, f"{plan.name} containerd")
-    client.import_image(image_archive)
+    with open(record.log, "ab") as log:
+        client = Containerd(config, log)  # a client of the running daemon, not a starter
+        wait_alive_until(record, lambda: _serving(client), timeout, f"{plan.name} containerd")
+        client.import_image(image_archive)
     return record
 
 
