@@ -107,3 +107,28 @@ async def test_untagged_orphan_with_one_address_is_adopted_and_tagged(
     spec = await ctl.pools.reconcile(ctl.node)
     assert spec.enis[0].primary_ip.ip == orphan.addresses()[0]
     assert primary_tag(orphan.addresses()[0]) in (await ctl.ports.get(orphan.id)).tags
+
+
+async def test_a_write_racing_another_writer_is_redone_not_lost(ctl: ControllerEnv):
+    spec = await ctl.pools.reconcile(ctl.node)
+    pool = spec.enis[0].subnets[0].addresses
+    await ctl.report(list(pool[:4]))  # the next pass has to grow the pool and write
+    static = "10.10.1.240"
+    real_patch = ctl.nodenetworks.patch_spec
+    raced = []
+
+    async def racing_patch(name, body, namespace=None, resource_version=None):
+        if not raced:
+            # the fixed-IP reconciler writes between this pass's read and its write
+            eni = {**spec.enis[0].wire(), "staticAddresses": [static]}
+            await real_patch(name, {"enis": [eni]})
+            raced.append(True)
+        return await real_patch(name, body, namespace, resource_version)
+
+    ctl.pools.nodenetworks.patch_spec = racing_patch
+    grown = await ctl.pools.reconcile(ctl.node)
+    assert raced
+    assert [str(a) for a in grown.enis[0].static_addresses] == [static]
+    stored = await ctl.spec()
+    assert [str(a) for a in stored.enis[0].static_addresses] == [static]
+    assert len(stored.enis[0].subnets[0].addresses) == 10

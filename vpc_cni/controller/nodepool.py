@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from kubernetes_asyncio.client import ApiClient, CoreV1Api
+from kubernetes_asyncio.client.exceptions import ApiException
 from openstack.connection import Connection
 
 from vpc_cni.cloud.caller import CloudCaller
@@ -45,6 +46,7 @@ from vpc_cni.kube.resources import (
 )
 
 log = logging.getLogger(__name__)
+SPEC_WRITE_ATTEMPTS = 5
 
 
 class PoolError(Exception):
@@ -129,20 +131,38 @@ class NodePools:
         return server.id
 
     async def reconcile(self, node_name: str) -> NodeNetworkSpec:
-        """Brings the node's NodeNetwork and ENIs to the watermarks; returns the spec."""
-        stored = await self.nodenetworks.get(node_name)
-        if stored is None:
-            instance = await self.instance_id(node_name)
-            spec = NodeNetworkSpec(instance_id=instance, watermarks=self.config.watermarks)
-            stored = await self.nodenetworks.create(node_name, spec.wire())
-        spec = NodeNetworkSpec.model_validate(stored.get("spec") or {})
-        status = NodeNetworkStatus.model_validate(stored.get("status") or {})
-        subnet = await self.default_subnet()
-        eni = await self._ensure_eni(node_name, spec, subnet)
-        new_spec = await self._balance(spec, status, eni, subnet)
-        if new_spec != spec:
-            await self.nodenetworks.patch_spec(node_name, new_spec.wire())
-        return new_spec
+        """Brings the node's NodeNetwork and ENIs to the watermarks; returns the spec.
+
+        The spec write is guarded by the resourceVersion it was computed from; when
+        another writer (the fixed-IP reconciler) got there first, the pass runs again
+        on the fresh object. Running again is safe: the pool is re-derived from
+        Neutron, so addresses added by the lost pass are adopted, not added twice."""
+        for _ in range(SPEC_WRITE_ATTEMPTS):
+            stored = await self.nodenetworks.get(node_name)
+            if stored is None:
+                instance = await self.instance_id(node_name)
+                spec = NodeNetworkSpec(instance_id=instance, watermarks=self.config.watermarks)
+                stored = await self.nodenetworks.create(node_name, spec.wire())
+            spec = NodeNetworkSpec.model_validate(stored.get("spec") or {})
+            status = NodeNetworkStatus.model_validate(stored.get("status") or {})
+            subnet = await self.default_subnet()
+            eni = await self._ensure_eni(node_name, spec, subnet)
+            new_spec = await self._balance(spec, status, eni, subnet)
+            if new_spec == spec:
+                return spec
+            try:
+                await self.nodenetworks.patch_spec(
+                    node_name,
+                    new_spec.wire(),
+                    resource_version=stored["metadata"]["resourceVersion"],
+                )
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                log.info("node %s: NodeNetwork changed while reconciling; again", node_name)
+                continue
+            return new_spec
+        raise PoolError(f"node {node_name}: NodeNetwork kept changing under the reconcile")
 
     async def _ensure_eni(self, node: str, spec: NodeNetworkSpec, subnet: SubnetInfo) -> Eni:
         for eni in spec.enis:

@@ -1,7 +1,9 @@
 """The node datapath: veths, addresses, routes, policy rules and neighbours (netlink).
 
-Synchronous by design: the daemon calls it from a worker thread, and each call does
-its netlink work in a short-lived thread of its own inside the target namespace.
+Synchronous by design: the daemon calls it from a worker thread. ADD and DEL talk to
+the host and pod namespaces through netlink sockets opened inside them; the rarer calls
+do their work in a short-lived thread of their own inside the target namespace
+(docs/datapath.md, "Threads and namespaces").
 """
 
 from vpc_cni.datapath.announce import announce

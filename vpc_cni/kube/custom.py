@@ -98,9 +98,19 @@ class CustomObjects:
         return await self.api.create_cluster_custom_object(*self._where(None), body)
 
     async def patch_spec(
-        self, name: str, spec: dict[str, Any], namespace: str | None = None
+        self,
+        name: str,
+        spec: dict[str, Any],
+        namespace: str | None = None,
+        resource_version: str | None = None,
     ) -> dict[str, Any]:
-        body = {"spec": spec}
+        """With ``resource_version`` the write only lands on the version it was
+        computed from (409 otherwise): lists in a merge patch replace the stored
+        ones wholesale, so a write based on an old read would drop what another
+        writer added meanwhile."""
+        body: dict[str, Any] = {"spec": spec}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         if namespace:
             return await self.api.patch_namespaced_custom_object(
                 *self._where(namespace), name, body, _content_type=MERGE_PATCH
