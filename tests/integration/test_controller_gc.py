@@ -14,6 +14,11 @@ from vpc_cni.controller.gc import GarbageCollector
 pytestmark = pytest.mark.root
 
 
+def neutron_net_hosts() -> list[IPv4Address]:
+    """Addresses of subnet a (10.10.1.0/24) from the top, away from the gateway."""
+    return [IPv4Address(f"10.10.1.{i}") for i in range(250, 100, -1)]
+
+
 def collector(ctl: ControllerEnv, grace: float) -> GarbageCollector:
     config = ctl.config.model_copy(update={"gc_grace_seconds": grace})
     return GarbageCollector(config, ctl.pools.core.api_client, ctl.ports, ctl.servers)
@@ -54,7 +59,9 @@ async def test_leaked_port_goes_and_foreign_ports_stay(
 async def test_stray_address_on_an_eni_is_removed(ctl: ControllerEnv, neutron_net: NeutronNet):
     spec = await ctl.pools.reconcile(ctl.node)
     eni = spec.enis[0]
-    stray = IPv4Address("10.10.1.250")
+    held = set((await ctl.ports.get(eni.port_id)).addresses())
+    # Neutron picked the pool at random: take an address the port does not hold yet
+    stray = next(a for a in neutron_net_hosts() if a not in held)
     await ctl.ports.add_addresses(eni.port_id, neutron_net.a.id, explicit=[stray])
     report = await collector(ctl, grace=0).collect()
     assert report.removed_addresses == {eni.port_id: [stray]}
