@@ -13,7 +13,8 @@ entered the same way (setns before exec), so all pay the same spawn cost.
 `--baseline REV` adds a third contender: the daemon of another git revision (extracted
 with `git archive`, run on a second node of the same topology by the same executable),
 interleaved in the same rounds, so a change is measured before/after under the same
-load instead of in two runs minutes apart on a shared machine.
+load instead of in two runs minutes apart on a shared machine. `--baseline-path
+vpc_cni/datapath` takes only that part from REV and the rest from HEAD.
 
 The breakdown splits a vpc-cni call into: the executable (a VERSION call, which never
 leaves the process), the daemon's own phases from its log line (store = sqlite,
@@ -218,16 +219,28 @@ def vpc_conf(daemon: DaemonProcess) -> dict[str, Any]:
     }
 
 
-def extract_revision(revision: str, into: Path) -> Path:
-    """The tree of a git revision, unpacked beside the benchmark's other files."""
-    tree = into / "baseline"
-    tree.mkdir()
+def _unpack(revision: str, tree: Path, paths: Sequence[str] = ()) -> None:
     archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", revision], capture_output=True, check=False
+        ["git", "-C", str(REPO), "archive", revision, *paths], capture_output=True, check=False
     )
     if archive.returncode != 0:
         raise SystemExit(f"git archive {revision} failed: {archive.stderr.decode().strip()}")
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+
+
+def extract_revision(revision: str, paths: Sequence[str], into: Path) -> Path:
+    """The tree of a git revision, unpacked beside the benchmark's other files; with
+    ``paths``, HEAD's tree with only those paths as they were at the revision (to
+    measure one part's change while the rest of the daemon stays current)."""
+    tree = into / "baseline"
+    tree.mkdir()
+    if not paths:
+        _unpack(revision, tree)
+        return tree
+    _unpack("HEAD", tree)
+    for path in paths:
+        shutil.rmtree(tree / path, ignore_errors=True)
+    _unpack(revision, tree, paths)
     return tree
 
 
@@ -237,6 +250,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="JSON path (default bench/results/...)")
     parser.add_argument(
         "--baseline", metavar="REV", help="also run the daemon of this git revision ('base')"
+    )
+    parser.add_argument(
+        "--baseline-path",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="take only PATH from REV, the rest from HEAD (repeatable)",
     )
     args = parser.parse_args(argv)
     if args.rounds < 1:
@@ -257,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         daemons["vpc"] = DaemonProcess(node, workdir / "vpc", cooldown=0.0)
         env: dict[str, dict[str, str]] = {"vpc": {}}
         if args.baseline:
-            tree = extract_revision(args.baseline, workdir)
+            tree = extract_revision(args.baseline, args.baseline_path, workdir)
             daemons["base"] = DaemonProcess(topology.nodes[1], workdir / "base", cooldown=0.0)
             # Import the package from the extracted tree, not from the working directory.
             env["base"] = {"PYTHONSAFEPATH": "1", "PYTHONPATH": str(tree)}
@@ -287,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for call, phase in daemon_phases(daemon.log(), prefix).items()
         }
         result = report(samples, calls, phases, args.rounds, prefix, list(daemons))
-        result["baseline"] = args.baseline
+        result["baseline"] = {"revision": args.baseline, "paths": args.baseline_path}
     finally:
         for daemon in daemons.values():
             daemon.cleanup()
