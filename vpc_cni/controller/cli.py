@@ -31,6 +31,10 @@ configuration file (YAML or JSON; see docs/controller.md):
   maxEnisPerNode       [4]     maxAddressesPerEni [32]     routeTableBase [100]
   networkRateLimit     {rate, burst} for Neutron [10/s, 20]; computeRateLimit for Nova
   resyncSeconds        full pass over all nodes [30]
+  gcIntervalSeconds    how often leak GC runs [60]; gcGraceSeconds: how long a leak
+                       must look leaked before it is collected [300]
+  leaseSeconds         leader Lease duration / leaseRenewSeconds / leaseRetrySeconds
+                       [15 / 10 / 2]
 """
 
 

@@ -29,6 +29,11 @@ configuration file (JSON or YAML; see docs/daemon.md):
   hostNetns        network namespace treated as the host; null = the daemon's own
   cooldownSeconds  how long a released address rests before reuse [30]
   blockMetadata    reject pod traffic to the metadata address 169.254.169.254 [false]
+  metricsPort      serve Prometheus metrics on this port [off]
+  readyFile        a file that exists only while the daemon is ready [off]
+  pool.source      file (pool.enis below) or nodeNetwork (this node's NodeNetwork)
+  pool.nodeName    with nodeNetwork: the node (and NodeNetwork) name
+  pool.kubeconfig  with nodeNetwork: kubeconfig [in-cluster service account]
   pool.enis        the file pool: ENIs (id, mac, primaryIp, mtu) and their subnets
                    (id, cidr, gateway, routeTable, addresses); re-read on change
 
