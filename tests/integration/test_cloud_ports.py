@@ -134,3 +134,12 @@ async def test_address_pairs_and_their_cap(ports, neutron_net, prefix):
     assert err.value.kind is Kind.PAIR_LIMIT
     await ports.set_address_pair(eni.id, pairs[0], present=False)
     assert pairs[0] not in (await ports.get(eni.id)).address_pairs
+
+
+async def test_a_stale_port_handed_in_costs_a_412_not_a_lost_write(ports, neutron_net, prefix):
+    eni = await make_eni(ports, neutron_net, prefix)
+    stale = await ports.get(eni.id)
+    first = await ports.add_addresses(eni.id, neutron_net.a.id, count=2)
+    second = await ports.add_addresses(eni.id, neutron_net.a.id, count=2, seen=stale)
+    assert len(set(first) | set(second)) == 4
+    assert set(first) | set(second) <= set((await ports.get(eni.id)).addresses())

@@ -134,12 +134,20 @@ class Ports:
         )
 
     async def _compare_and_swap(
-        self, operation: str, port_id: str, change: Callable[[Port], dict[str, Any] | None]
+        self,
+        operation: str,
+        port_id: str,
+        change: Callable[[Port], dict[str, Any] | None],
+        seen: Port | None = None,
     ) -> tuple[Port, Port]:
         """Applies ``change`` (port -> attributes to write, or None for nothing to do)
-        under If-Match; returns the port before and after the write that won."""
+        under If-Match; returns the port before and after the write that won.
+
+        ``seen``, a port the caller has just read, saves the first read: if it is
+        stale the write gets its 412 and the loop reads afresh."""
         for _ in range(CAS_ATTEMPTS):
-            before = await self.get(port_id)
+            before = seen or await self.get(port_id)
+            seen = None
             attrs = change(before)
             if attrs is None:
                 return before, before
@@ -161,7 +169,12 @@ class Ports:
         raise CloudError(operation, Kind.RETRY, f"port {port_id} kept changing under us")
 
     async def add_addresses(
-        self, port_id: str, subnet_id: str, count: int = 0, explicit: Iterable[IPv4Address] = ()
+        self,
+        port_id: str,
+        subnet_id: str,
+        count: int = 0,
+        explicit: Iterable[IPv4Address] = (),
+        seen: Port | None = None,
     ) -> list[IPv4Address]:
         """Adds ``count`` addresses Neutron picks plus the ``explicit`` ones, in one
         update; returns the addresses that are new on the port."""
@@ -175,10 +188,12 @@ class Ports:
                 return None
             return {"fixed_ips": _fixed_ips_body(port.fixed_ips) + todo}
 
-        before, after = await self._compare_and_swap("add_fixed_ips", port_id, change)
+        before, after = await self._compare_and_swap("add_fixed_ips", port_id, change, seen)
         return sorted(set(after.addresses()) - set(before.addresses()))
 
-    async def remove_addresses(self, port_id: str, addresses: Iterable[IPv4Address]) -> None:
+    async def remove_addresses(
+        self, port_id: str, addresses: Iterable[IPv4Address], seen: Port | None = None
+    ) -> None:
         drop = set(addresses)
 
         def change(port: Port) -> dict[str, Any] | None:
@@ -187,7 +202,7 @@ class Ports:
             keep = [f for f in port.fixed_ips if f.address not in drop]
             return {"fixed_ips": _fixed_ips_body(keep)}
 
-        await self._compare_and_swap("remove_fixed_ips", port_id, change)
+        await self._compare_and_swap("remove_fixed_ips", port_id, change, seen)
 
     async def set_address_pair(self, port_id: str, address: IPv4Address, present: bool) -> None:
         """Adds or removes one allowed_address_pairs entry (the way fixed IPs move)."""

@@ -98,6 +98,7 @@ class Controller:
         self.active: set[str] = set()  # being reconciled now
         self.dirty: set[str] = set()  # changed while active: queue again when done
         self.failures: dict[str, int] = {}
+        self.triggers: dict[str, Any] = {}  # last status + watermarks seen per node
         self.reconciling = 0
         self.idle = asyncio.Event()  # no reconcile in flight
         self.idle.set()
@@ -123,9 +124,19 @@ class Controller:
         self.enqueue(name)
 
     async def on_nodenetwork(self, kind: str, obj: dict[str, Any]) -> None:
-        if kind != "DELETED" and obj["metadata"]["name"] in self.nodes:
-            self.report(obj)
-            self.enqueue(obj["metadata"]["name"])
+        name = obj["metadata"]["name"]
+        if kind == "DELETED" or name not in self.nodes:
+            self.triggers.pop(name, None)
+            return
+        self.report(obj)
+        # Our own spec writes come back as events too, and a pass for each would
+        # only re-read the port to find nothing to do. What calls for a pass is
+        # what the node reports (status) or an operator tunes (watermarks); the
+        # periodic resync covers everything else.
+        trigger = (obj.get("status"), (obj.get("spec") or {}).get("watermarks"))
+        if self.triggers.get(name) != trigger:
+            self.triggers[name] = trigger
+            self.enqueue(name)
 
     async def on_subnet(self, kind: str, obj: dict[str, Any]) -> None:
         for node in self.nodes:

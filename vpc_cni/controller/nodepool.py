@@ -226,7 +226,7 @@ class NodePools:
         release = set(spec.release) & pool
         done = {a for a in release if a in set(status.release_confirmed) and a not in in_use}
         if done:
-            await self.ports.remove_addresses(port.id, done)
+            await self.ports.remove_addresses(port.id, done, seen=port)
             pool -= done
             release -= done
         release -= in_use  # the node refuses: the address is in use after all
@@ -235,7 +235,9 @@ class NodePools:
         room = self.config.max_addresses_per_eni - len(pool)
         batch = to_allocate(available, used, spec.watermarks, room)
         if batch:
-            pool |= set(await self.ports.add_addresses(port.id, subnet.id, count=batch))
+            # the port read above is current unless a release was just written
+            seen = None if done else port
+            pool |= set(await self.ports.add_addresses(port.id, subnet.id, batch, seen=seen))
         else:
             extra = surplus(available, used, spec.watermarks)
             free = sorted(pool - release - in_use, reverse=True)
