@@ -14,7 +14,7 @@ from tests.fixtures.controller import ControllerEnv
 from tests.fixtures.controller_run import AddNode, StartController, pool_of, wait_for_pool
 from tests.fixtures.kube import eventually
 from tests.fixtures.neutron import Cloud, NeutronNet
-from vpc_cni.controller.app import EVENT_NAMESPACE
+from vpc_cni.kube.events import CLUSTER_EVENTS_NAMESPACE as EVENT_NAMESPACE
 
 pytestmark = pytest.mark.root
 # fixtures shared with the other controller test modules (tests/conftest.py is not ours)

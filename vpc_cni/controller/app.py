@@ -24,12 +24,7 @@ from kubernetes_asyncio.client import (
     ApiClient,
     CoreV1Api,
     CustomObjectsApi,
-    V1EventSource,
-    V1ObjectMeta,
     V1ObjectReference,
-)
-from kubernetes_asyncio.client import (
-    CoreV1Event as V1Event,
 )
 from kubernetes_asyncio.client.exceptions import ApiException
 from openstack.connection import Connection
@@ -52,12 +47,12 @@ from vpc_cni.controller.metrics import (
 from vpc_cni.controller.nodepool import NodePools, PoolError, SubnetInfos
 from vpc_cni.controller.staticip_watch import StaticIPWatch
 from vpc_cni.controller.staticips import StaticIPs
+from vpc_cni.kube.events import record_event
 from vpc_cni.kube.leader import LeaseElector
 from vpc_cni.kube.resources import GROUP, PLURALS, VERSION, NodeNetworkSpec, NodeNetworkStatus
 from vpc_cni.kube.watch import Informer
 
 log = logging.getLogger(__name__)
-EVENT_NAMESPACE = "default"
 
 
 def connect_cloud(config: ControllerConfig) -> Connection:
@@ -187,24 +182,10 @@ class Controller:
     async def event(self, node: str, reason: str, message: str) -> None:
         """A Warning Event on the NodeNetwork, where `kubectl describe` shows it."""
         log.warning("node %s: %s: %s", node, reason, message)
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        body = V1Event(
-            metadata=V1ObjectMeta(generate_name=f"{node}.", namespace=EVENT_NAMESPACE),
-            involved_object=V1ObjectReference(
-                api_version=f"{GROUP}/{VERSION}", kind="NodeNetwork", name=node
-            ),
-            reason=reason,
-            message=message[:1000],
-            type="Warning",
-            source=V1EventSource(component="vpc-cni-controller"),
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
+        involved = V1ObjectReference(
+            api_version=f"{GROUP}/{VERSION}", kind="NodeNetwork", name=node
         )
-        try:
-            await self.core.create_namespaced_event(EVENT_NAMESPACE, body)
-        except Exception as exc:  # an Event is best effort; the log line above stays
-            log.warning("could not record event for %s: %s", node, exc)
+        await record_event(self.core, involved, reason, message)
 
     async def worker(self) -> None:
         while True:

@@ -19,6 +19,7 @@ from kubernetes_asyncio.client import (
 
 log = logging.getLogger(__name__)
 COMPONENT = "vpc-cni-controller"
+CLUSTER_EVENTS_NAMESPACE = "default"  # Events about cluster-scoped objects live here
 
 
 async def record_event(
@@ -29,7 +30,7 @@ async def record_event(
     kind: Literal["Normal", "Warning"] = "Warning",
 ) -> None:
     """One Event about ``involved``, in its namespace (``default`` for cluster objects)."""
-    namespace = involved.namespace or "default"
+    namespace = involved.namespace or CLUSTER_EVENTS_NAMESPACE
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     body = V1Event(
         metadata=V1ObjectMeta(generate_name=f"{involved.name}.", namespace=namespace),
