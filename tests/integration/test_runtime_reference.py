@@ -23,12 +23,18 @@ from tests.fixtures.runtimes import (
 SUBNET = "10.77.0.0/24"
 
 
+def ptp_network(runtime_host: RuntimeHost, prefix: str, *plugins: str) -> str:
+    """Installs the reference plugins and a ptp + host-local conflist; returns its name."""
+    network = f"{prefix}-net"
+    runtime_host.install_plugins(*plugins)
+    runtime_host.write_conflist(ptp_conflist(network, SUBNET, runtime_host.dir / "ipam"))
+    return network
+
+
 def test_podman_container_gets_address_and_leaves_nothing(
     runtime_host: RuntimeHost, podman_runtime: Podman, prefix: str
 ) -> None:
-    network = f"{prefix}-net"
-    runtime_host.install_plugins("ptp", "host-local")
-    runtime_host.write_conflist(ptp_conflist(network, SUBNET, runtime_host.dir / "ipam"))
+    network = ptp_network(runtime_host, prefix, "ptp", "host-local")
     before = runtime_host.kernel_state()
 
     name = f"{prefix}-c"
@@ -48,9 +54,7 @@ def test_podman_container_gets_address_and_leaves_nothing(
 def test_podman_pod_shares_its_address_and_leaves_nothing(
     runtime_host: RuntimeHost, podman_runtime: Podman, prefix: str
 ) -> None:
-    network = f"{prefix}-net"
-    runtime_host.install_plugins("ptp", "host-local")
-    runtime_host.write_conflist(ptp_conflist(network, SUBNET, runtime_host.dir / "ipam"))
+    network = ptp_network(runtime_host, prefix, "ptp", "host-local")
     before = runtime_host.kernel_state()
 
     pod, app = f"{prefix}-pod", f"{prefix}-app"
@@ -67,9 +71,7 @@ def test_podman_pod_shares_its_address_and_leaves_nothing(
 def test_containerd_cri_pod_gets_address_and_leaves_nothing(
     runtime_host: RuntimeHost, containerd_cri: CriRuntime, prefix: str
 ) -> None:
-    network = f"{prefix}-net"
-    runtime_host.install_plugins("ptp", "host-local", "loopback")
-    runtime_host.write_conflist(ptp_conflist(network, SUBNET, runtime_host.dir / "ipam"))
+    ptp_network(runtime_host, prefix, "ptp", "host-local", "loopback")
     before = runtime_host.kernel_state()
 
     pod = containerd_cri.run_pod(f"{prefix}-pod")
