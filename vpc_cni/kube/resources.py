@@ -78,11 +78,22 @@ class AddressUse(_Model):
     container_id: str | None = Field(default=None, alias="containerID")
 
 
+class SubnetDemand(_Model):
+    """A subnet pods on the node asked for and could not get an address of: the
+    daemon's request to the controller to add (or grow) that subnet's pool."""
+
+    subnet_id: str = Field(alias="subnetID", min_length=1)
+    vpc_subnet: str | None = Field(default=None, alias="vpcSubnet")
+    waiting: int = Field(default=1, ge=0)
+    since: str | None = None
+
+
 class NodeNetworkStatus(_Model):
     eni_count: int = Field(default=0, alias="eniCount")
     used_count: int = Field(default=0, alias="usedCount")
     in_use: tuple[AddressUse, ...] = Field(default=(), alias="inUse")
     release_confirmed: tuple[IPv4Address, ...] = Field(default=(), alias="releaseConfirmed")
+    subnet_demand: tuple[SubnetDemand, ...] = Field(default=(), alias="subnetDemand")
     conditions: tuple[Condition, ...] = ()
 
 
