@@ -11,4 +11,5 @@ pytest_plugins = [
     "tests.fixtures.lab",
     "tests.fixtures.cloud_proxy",
     "tests.fixtures.controller",
+    "tests.fixtures.cluster_node",
 ]

@@ -14,217 +14,23 @@ import shutil
 import signal
 import socket
 import subprocess
-import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from ipaddress import IPv4Address
-from pathlib import Path
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
-import yaml
-from kubernetes_asyncio.client import ApiClient
 
-from tests.fixtures.daemon import CniCaller, CniReply, DaemonProcess, PodNamespaces, pod_addresses
-from tests.fixtures.kube import API_WAIT, KubeApi, eventually
+from tests.fixtures.cluster_node import (
+    SUBNET_ID,
+    ClusterNode,
+    condition,
+    condition_message,
+    free_port,
+    in_use,
+)
+from tests.fixtures.daemon import pod_addresses
+from tests.fixtures.kube import KubeApi, eventually
 from tests.fixtures.netns import wait_for
 from tests.integration.test_kube_api_gone import compact
 from vpc_cni.daemon.status import POOL_EMPTY, REMOVED_IN_USE
-from vpc_cni.kube.custom import CustomObjects, install_crds
-from vpc_cni.kube.resources import NodeNetworkStatus
-from vpc_cni.lab.topology import Node, Topology
-
-SUBNET_ID = "subnet-pods"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def node_spec(
-    node: Node, addresses: list[IPv4Address], release: list[IPv4Address] = ()
-) -> dict[str, Any]:
-    """The spec the controller would write for the lab node's ENI port."""
-    subnet = node.eni.subnets[0]
-    return {
-        "instanceID": f"{node.name}-vm",
-        "enis": [
-            {
-                "portID": node.eni_port,
-                "mac": node.eni.mac,
-                "networkID": "pods",
-                "primaryIP": str(node.eni.primary_ip),
-                "mtu": node.eni.mtu,
-                "deviceIndex": 1,
-                "subnets": [
-                    {
-                        "subnetID": SUBNET_ID,
-                        "cidr": str(subnet.cidr),
-                        "gateway": str(subnet.gateway),
-                        "routeTable": subnet.route_table,
-                        "addresses": [str(a) for a in addresses],
-                    }
-                ],
-            }
-        ],
-        "release": [str(a) for a in release],
-    }
-
-
-@dataclass
-class ClusterNode:
-    """One lab node whose daemon follows its NodeNetwork; tests drive it like a
-    runtime (CNI calls) and like the controller (spec writes, status reads)."""
-
-    node: Node
-    daemon: DaemonProcess
-    cni: CniCaller
-    pods: PodNamespaces
-    nodenetworks: CustomObjects
-    metrics_port: int
-    ready_file: Path
-    netns_of: dict[str, str] = field(default_factory=dict)
-
-    async def set_spec(self, addresses: list[IPv4Address], release: list[IPv4Address] = ()) -> str:
-        """Writes the spec as the controller does; returns the new resourceVersion."""
-        done = await self.nodenetworks.patch_spec(
-            self.node.name, node_spec(self.node, addresses, release)
-        )
-        return done["metadata"]["resourceVersion"]
-
-    async def status(self) -> NodeNetworkStatus:
-        obj = await self.nodenetworks.get(self.node.name)
-        assert obj is not None
-        return NodeNetworkStatus.model_validate(obj.get("status") or {})
-
-    async def status_when(
-        self, holds: Callable[[NodeNetworkStatus], bool], what: str
-    ) -> NodeNetworkStatus:
-        async def attempt() -> NodeNetworkStatus | None:
-            status = await self.status()
-            return status if holds(status) else None
-
-        return await eventually(attempt, what)
-
-    def add(self, pod: str) -> CniReply:
-        """ADD for pod `pod` (its own netns, made on first use)."""
-        if pod not in self.netns_of:
-            self.netns_of[pod] = self.pods.create()
-        return self.cni.call(
-            "ADD",
-            self.cni.conf(self.daemon),
-            container_id=f"ctr-{pod}",
-            netns=self.netns_of[pod],
-            args=f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}",
-        )
-
-    def added(self, pod: str) -> IPv4Address:
-        reply = self.add(pod)
-        assert reply.code == 0, reply.stdout
-        return IPv4Address(reply.json["ips"][0]["address"].split("/")[0])
-
-    def delete(self, pod: str) -> None:
-        reply = self.cni.call(
-            "DEL", self.cni.conf(self.daemon), container_id=f"ctr-{pod}", netns=self.netns_of[pod]
-        )
-        assert reply.code == 0, reply.stdout
-
-    def metric(self, name: str) -> float | None:
-        """A sample's value from the daemon's /metrics, None while it is absent."""
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=API_WAIT) as response:
-            text = response.read().decode()
-        for line in text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[-1])
-        return None
-
-
-def condition(status: NodeNetworkStatus, kind: str) -> str | None:
-    return next((c.status for c in status.conditions if c.type == kind), None)
-
-
-def condition_message(status: NodeNetworkStatus, kind: str) -> str:
-    return next((c.message or "" for c in status.conditions if c.type == kind), "")
-
-
-def in_use(status: NodeNetworkStatus) -> dict[IPv4Address, tuple[str | None, str | None]]:
-    return {u.address: (u.pod, u.container_id) for u in status.in_use}
-
-
-def write_kubeconfig(source: Path, target: Path, server: str | None) -> Path:
-    """A copy of `source` for the daemon, optionally pointing at another server URL."""
-    config = yaml.safe_load(source.read_text())
-    if server is not None:
-        for entry in config["clusters"]:
-            entry["cluster"]["server"] = server
-    target.write_text(yaml.safe_dump(config))
-    return target
-
-
-@pytest.fixture
-async def cluster_node_factory(
-    prefix: str, tmp_path: Path, shim_path: Path
-) -> AsyncIterator[Callable[..., Awaitable[ClusterNode]]]:
-    """Builds a one-node lab and its NodeNetwork, and starts the daemon on it."""
-    clients: list[ApiClient] = []
-    topologies: list[Topology] = []
-    made: list[ClusterNode] = []
-
-    async def make(api: KubeApi, addresses: int, server: str | None = None) -> ClusterNode:
-        """`server`: where the daemon reaches the apiserver (default: where `api` is)."""
-        client = api.api_client()
-        clients.append(client)
-        await install_crds(client)
-        topology = Topology.build(prefix, node_count=1, pool_size=4)
-        topologies.append(topology)
-        node = topology.nodes[0]
-        nodenetworks = CustomObjects(client, "NodeNetwork")
-        await nodenetworks.create(node.name, node_spec(node, list(node.pool[:addresses])))
-        workdir = tmp_path / node.name
-        workdir.mkdir()
-        shim = tmp_path / f"{prefix}-vpc-cni"
-        shutil.copy2(shim_path, shim)
-        daemon = DaemonProcess(node, workdir, cooldown=0.0)
-        kubeconfig = write_kubeconfig(api.kubeconfig, workdir / "kubeconfig", server)
-        port = free_port()
-        ready_file = workdir / f"{prefix}-ready"
-        daemon.config["pool"] = {
-            "source": "nodeNetwork",
-            "nodeName": node.name,
-            "kubeconfig": str(kubeconfig),
-        }
-        daemon.config["metricsPort"] = port
-        daemon.config["readyFile"] = str(ready_file)
-        env = ClusterNode(
-            node, daemon, CniCaller(shim), PodNamespaces(prefix), nodenetworks, port, ready_file
-        )
-        made.append(env)
-        return env
-
-    try:
-        yield make
-    finally:
-        for env in made:
-            env.daemon.cleanup()
-            env.pods.cleanup()
-            await env.nodenetworks.delete(env.node.name)
-        for topology in topologies:
-            topology.destroy()
-        for client in clients:
-            await client.close()
-
-
-@pytest.fixture
-async def cluster_node(
-    kube_api: KubeApi, cluster_node_factory: Callable[..., Awaitable[ClusterNode]]
-) -> ClusterNode:
-    """A started daemon whose NodeNetwork lists the first two of the node's addresses."""
-    env = await cluster_node_factory(kube_api, addresses=2)
-    env.daemon.start()
-    return env
 
 
 async def test_pool_follows_spec_and_status_reports_use(cluster_node: ClusterNode) -> None:
