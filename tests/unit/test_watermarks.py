@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vpc_cni.controller.watermarks import deficit, surplus, to_allocate
+from vpc_cni.controller.watermarks import Growth, deficit, surplus, to_allocate
 from vpc_cni.kube.resources import Watermarks
 
 marks_st = st.builds(
@@ -51,3 +51,24 @@ def test_release_keeps_the_pool_within_marks(marks, pool):
     if give:
         assert deficit(available - give, used, marks) == 0
         assert available - give >= marks.min_allocate
+
+
+def test_recent_growth_widens_the_batch_and_holds_back_release() -> None:
+    marks = Watermarks(pre_allocate=8, min_allocate=0, max_above_watermark=8)
+    assert to_allocate(16, 10, marks, limit=200) == 2 + 8
+    assert to_allocate(16, 10, marks, limit=200, recent_growth=30) == 2 + 30
+    assert surplus(60, 10, marks) == 34
+    assert surplus(60, 10, marks, recent_growth=30) == 12
+
+
+def test_growth_is_the_rise_within_the_window() -> None:
+    now = [0.0]
+    growth = Growth(window=60.0, clock=lambda: now[0])
+    assert growth.observe("n", 5) == 0
+    now[0] = 10
+    assert growth.observe("n", 25) == 20
+    now[0] = 65  # the first sample left the window; 25 is the lowest left
+    assert growth.observe("n", 30) == 5
+    assert growth.observe("other", 30) == 0
+    now[0] = 200
+    assert growth.observe("n", 30) == 0

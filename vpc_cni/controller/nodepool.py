@@ -35,7 +35,7 @@ from vpc_cni.cloud.tags import (
     purpose_tag,
 )
 from vpc_cni.controller.config import ControllerConfig
-from vpc_cni.controller.watermarks import surplus, to_allocate
+from vpc_cni.controller.watermarks import Growth, surplus, to_allocate
 from vpc_cni.kube.custom import CustomObjects
 from vpc_cni.kube.resources import (
     Eni,
@@ -112,6 +112,7 @@ class NodePools:
         self.ports = ports
         self.servers = servers
         self.subnets = subnets
+        self.growth = Growth()
 
     async def default_subnet(self) -> SubnetInfo:
         items, _ = await self.vpcsubnets.list()
@@ -147,7 +148,7 @@ class NodePools:
             status = NodeNetworkStatus.model_validate(stored.get("status") or {})
             subnet = await self.default_subnet()
             eni = await self._ensure_eni(node_name, spec, subnet)
-            new_spec = await self._balance(spec, status, eni, subnet)
+            new_spec = await self._balance(node_name, spec, status, eni, subnet)
             if new_spec == spec:
                 return spec
             try:
@@ -218,7 +219,12 @@ class NodePools:
         )
 
     async def _balance(
-        self, spec: NodeNetworkSpec, status: NodeNetworkStatus, eni: Eni, subnet: SubnetInfo
+        self,
+        node: str,
+        spec: NodeNetworkSpec,
+        status: NodeNetworkStatus,
+        eni: Eni,
+        subnet: SubnetInfo,
     ) -> NodeNetworkSpec:
         port = await self.ports.get(eni.port_id)
         pool = self._pool_from_port(eni, port, subnet)
@@ -233,13 +239,14 @@ class NodePools:
         available = len(pool - release)
         used = len(in_use & pool)
         room = self.config.max_addresses_per_eni - len(pool)
-        batch = to_allocate(available, used, spec.watermarks, room)
+        growth = self.growth.observe((node, subnet.id), used)
+        batch = to_allocate(available, used, spec.watermarks, room, growth)
         if batch:
             # the port read above is current unless a release was just written
             seen = None if done else port
             pool |= set(await self.ports.add_addresses(port.id, subnet.id, batch, seen=seen))
         else:
-            extra = surplus(available, used, spec.watermarks)
+            extra = surplus(available, used, spec.watermarks, growth)
             free = sorted(pool - release - in_use, reverse=True)
             release |= set(free[:extra])
         new_eni = eni.model_copy(
