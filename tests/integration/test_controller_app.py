@@ -72,9 +72,10 @@ async def test_daemon_status_triggers_refill_and_metrics_follow(
     # the daemon reports four in use, as it would after four pod ADDs
     pool = sorted(pool_of(await ctl.spec()))
     await ctl.report(pool[:4])
-    await wait_for_pool(ctl, ctl.node, 10)  # two free, four wanted: two plus the margin
+    # two free, four wanted: two plus the margin (the rise in use, four)
+    await wait_for_pool(ctl, ctl.node, 12)
     await eventually(
-        lambda: gauges({"total": 10, "used": 4, "free": 6, "releasing": 0}),
+        lambda: gauges({"total": 12, "used": 4, "free": 8, "releasing": 0}),
         "gauges after the refill",
     )
     assert len(ctl.port_writes()) == 2  # one batch per fill
