@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "daemon": "vpc_cni.daemon.cli:add_daemon_parser",
     "controller": "vpc_cni.controller.cli:add_controller_parser",
     "lab": "vpc_cni.lab.cli:add_lab_parser",
+    "node": "vpc_cni.inspect_cli:add_node_parser",
 }
 
 

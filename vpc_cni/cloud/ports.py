@@ -10,10 +10,16 @@ Neutron checks If-Match only when an update changes something, and it matches a
 two addresses" could therefore come back 200 as a no-op showing another writer's
 two new addresses as ours. Each write also sets the port's description to a fresh
 token, so no write is ever a no-op and a stale one always gets its 412.
+
+That is also what makes the port cache (cloud/portcache.py) safe: a write planned
+on a cached port whose revision another writer has since bumped fails with 412, the
+entry is dropped, and the change is redone on a fresh read. A PUT's answer is the
+port after the write, so a node whose pool keeps growing pays one call per batch.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -25,9 +31,12 @@ from openstack.network.v2.port import Port as SdkPort
 
 from vpc_cni.cloud.caller import CloudCaller
 from vpc_cni.cloud.errors import CloudError, Kind
-from vpc_cni.cloud.tags import port_tags
+from vpc_cni.cloud.portcache import PortCache
+from vpc_cni.cloud.tags import OWNER, cluster_tag, port_tags
 
+log = logging.getLogger(__name__)
 CAS_ATTEMPTS = 8
+CACHE_SECONDS = 30.0  # the controller's default resyncSeconds
 
 
 @dataclass(frozen=True)
@@ -80,21 +89,48 @@ def _fixed_ips_body(fixed_ips: Iterable[FixedIP]) -> list[dict[str, str]]:
 
 
 class Ports:
-    """Neutron ports through one rate-limited, retrying caller."""
+    """Neutron ports through one rate-limited, retrying caller, remembering what it
+    read and wrote for ``max_age`` seconds (0 turns the cache off)."""
 
-    def __init__(self, conn: Connection, call: CloudCaller) -> None:
+    def __init__(self, conn: Connection, call: CloudCaller, max_age: float = CACHE_SECONDS) -> None:
         self.conn = conn
         self.call = call
+        self.cache = PortCache(max_age)
 
-    async def get(self, port_id: str) -> Port:
-        port = await self.call("get_port", lambda: self.conn.network.get_port(port_id))
-        return Port.from_sdk(port)
+    async def get(self, port_id: str, fresh: bool = False) -> Port:
+        """The port as last seen within ``max_age``, or read now (always when
+        ``fresh``): good for planning, and for a write, which its If-Match guards."""
+        if not fresh:
+            known = self.cache.fresh(port_id)
+            if known is not None:
+                return known
+        port = Port.from_sdk(
+            await self.call("get_port", lambda: self.conn.network.get_port(port_id))
+        )
+        self.cache.remember([port])
+        return port
 
     async def list(self, tags: Iterable[str] = (), **filters: Any) -> list[Port]:
         if tags:
             filters["tags"] = ",".join(tags)
         found = await self.call("list_ports", lambda: list(self.conn.network.ports(**filters)))
-        return [Port.from_sdk(p) for p in found]
+        ports = [Port.from_sdk(p) for p in found]
+        self.cache.remember(ports)
+        return ports
+
+    async def prime(self, cluster: str) -> int:
+        """Reads every port of the cluster in one call (at leader start: 500 nodes cost
+        one list, not 500 GETs) and makes it all the cache holds; returns the count.
+
+        Only an optimisation, so a failure is logged, not raised: the cache starts
+        empty (never with entries from an earlier term as leader) and fills per port."""
+        try:
+            ports = await self.list(tags=[OWNER, cluster_tag(cluster)])
+        except CloudError as exc:
+            log.warning("port cache not primed, reading ports one by one: %s", exc)
+            ports = []
+        self.cache.replace(ports)
+        return len(ports)
 
     async def create(
         self,
@@ -120,15 +156,20 @@ class Ports:
         groups = list(security_groups)
         if groups:
             attrs["security_group_ids"] = groups
-        return Port.from_sdk(
+        port = Port.from_sdk(
             await self.call("create_port", lambda: self.conn.network.create_port(**attrs))
         )
+        self.cache.remember([port])
+        return port
 
     async def add_tag(self, port_id: str, tag: str) -> None:
+        """Tagging bumps the port's revision without returning it: the entry goes."""
         resource = SdkPort(id=port_id, tags=[])
+        self.cache.forget(port_id)
         await self.call("add_tag", lambda: self.conn.network.add_tag(resource, tag))
 
     async def delete(self, port_id: str) -> None:
+        self.cache.forget(port_id)
         await self.call(
             "delete_port", lambda: self.conn.network.delete_port(port_id, ignore_missing=True)
         )
@@ -143,13 +184,20 @@ class Ports:
         """Applies ``change`` (port -> attributes to write, or None for nothing to do)
         under If-Match; returns the port before and after the write that won.
 
-        ``seen``, a port the caller has just read, saves the first read: if it is
-        stale the write gets its 412 and the loop reads afresh."""
+        The first attempt plans on ``seen`` (a port the caller has just read) or the
+        cached port; if that is stale the write gets its 412 and every later attempt
+        reads afresh. "Nothing to do" is only trusted on a fresh read, since no 412
+        would catch a stale one. Any failed write drops the entry: after an error
+        nobody knows what the port looks like."""
+        remembered = seen or self.cache.fresh(port_id)
         for _ in range(CAS_ATTEMPTS):
-            before = seen or await self.get(port_id)
-            seen = None
+            before = remembered or await self.get(port_id, fresh=True)
+            planned_on_memory = remembered is not None
+            remembered = None
             attrs = change(before)
             if attrs is None:
+                if planned_on_memory:
+                    continue
                 return before, before
             try:
                 updated = await self.call(
@@ -162,10 +210,13 @@ class Ports:
                     ),
                 )
             except CloudError as exc:
+                self.cache.forget(port_id)
                 if exc.kind is Kind.STALE:
                     continue
                 raise
-            return before, Port.from_sdk(updated)
+            after = Port.from_sdk(updated)
+            self.cache.remember([after])
+            return before, after
         raise CloudError(operation, Kind.RETRY, f"port {port_id} kept changing under us")
 
     async def add_addresses(

@@ -30,7 +30,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from openstack.connection import Connection
 
 from vpc_cni.cloud.caller import CloudCaller
-from vpc_cni.cloud.errors import CloudError
+from vpc_cni.cloud.errors import CloudError, Kind
 from vpc_cni.cloud.ports import Ports
 from vpc_cni.cloud.ratelimit import TokenBucket
 from vpc_cni.cloud.servers import Servers
@@ -47,6 +47,7 @@ from vpc_cni.controller.metrics import (
 from vpc_cni.controller.nodepool import NodePools, PoolError, SubnetInfos
 from vpc_cni.controller.staticip_watch import StaticIPWatch
 from vpc_cni.controller.staticips import StaticIPs
+from vpc_cni.controller.vpcsubnets import VPCSubnetStatuses
 from vpc_cni.kube.events import record_event
 from vpc_cni.kube.leader import LeaseElector
 from vpc_cni.kube.resources import GROUP, PLURALS, VERSION, NodeNetworkSpec, NodeNetworkStatus
@@ -87,6 +88,10 @@ class Controller:
         self.pools = pools
         self.core = CoreV1Api(kube)
         self.gc = GarbageCollector(config, kube, pools.ports, pools.servers)
+        self.subnet_status = VPCSubnetStatuses(
+            kube, pools.ports, pools.subnets, config.resync_seconds
+        )
+        self.subnet_generations: dict[str, int] = {}
         self.nodes: set[str] = set()
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.queued: set[str] = set()
@@ -134,6 +139,17 @@ class Controller:
             self.enqueue(name)
 
     async def on_subnet(self, kind: str, obj: dict[str, Any]) -> None:
+        """A VPCSubnet's spec changed: its status and every node's pools may follow.
+        Our own status writes come back as events too and change nothing here."""
+        name = obj["metadata"]["name"]
+        if kind == "DELETED":
+            self.subnet_generations.pop(name, None)
+        else:
+            generation = obj["metadata"].get("generation", 0)
+            if self.subnet_generations.get(name) == generation:
+                return
+            self.subnet_generations[name] = generation
+            self.subnet_status.enqueue(name)
         for node in self.nodes:
             self.enqueue(node)
 
@@ -143,6 +159,8 @@ class Controller:
             await self.pools.reconcile(node)
         except (CloudError, PoolError) as exc:
             reason = exc.kind.value if isinstance(exc, CloudError) else "pool"
+            if isinstance(exc, CloudError) and exc.kind in (Kind.EXHAUSTED, Kind.QUOTA):
+                self.subnet_status.pool_failed(exc)
             RECONCILE_ERRORS.labels(reason).inc()
             await self.event(node, "PoolNotReconciled", str(exc))
             self.retry_later(node)
@@ -265,6 +283,7 @@ class Controller:
                 tasks.create_task(self.resync())
                 tasks.create_task(self.collect_garbage())
                 tasks.create_task(self.static_ips().run())
+                tasks.create_task(self.subnet_status.run())
         finally:
             LEADER.set(0)
 

@@ -32,6 +32,13 @@ class ControllerConfig(BaseModel):
     cluster_name: str = Field(alias="clusterName", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     cloud: CloudSettings = CloudSettings()
     watermarks: Watermarks = Watermarks()
+    # other subnets than the default: filled when the daemon asks (status.subnetDemand),
+    # kept at these smaller marks while used, given back after this long unused
+    on_demand_watermarks: Watermarks = Field(
+        default=Watermarks(pre_allocate=1, min_allocate=0, max_above_watermark=2),
+        alias="onDemandWatermarks",
+    )
+    on_demand_idle_seconds: float = Field(default=600.0, alias="onDemandIdleSeconds", ge=0)
     max_enis_per_node: int = Field(default=4, alias="maxEnisPerNode", ge=1)
     max_addresses_per_eni: int = Field(default=32, alias="maxAddressesPerEni", ge=1)
     route_table_base: int = Field(default=100, alias="routeTableBase", ge=1)

@@ -16,14 +16,18 @@ The order of every step makes a crash at any point harmless:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Any
 
 from kubernetes_asyncio.client import ApiClient, CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 from openstack.connection import Connection
 
 from vpc_cni.cloud.caller import CloudCaller
+from vpc_cni.cloud.errors import CloudError, Kind
 from vpc_cni.cloud.ports import Port, Ports
 from vpc_cni.cloud.servers import Servers
 from vpc_cni.cloud.tags import (
@@ -42,7 +46,7 @@ from vpc_cni.kube.resources import (
     EniSubnet,
     NodeNetworkSpec,
     NodeNetworkStatus,
-    VPCSubnetSpec,
+    Watermarks,
 )
 
 log = logging.getLogger(__name__)
@@ -94,6 +98,26 @@ class SubnetInfos:
         return self._known[subnet_id]
 
 
+@dataclass(frozen=True)
+class Want:
+    """A subnet the node's pool serves this pass: the default one, one the daemon
+    asked for (``status.subnetDemand``), or one already on an ENI."""
+
+    subnet: SubnetInfo
+    security_groups: tuple[str, ...]
+    default: bool = False
+    waiting: int = 0
+
+    @property
+    def eni_key(self) -> tuple[str, tuple[str, ...]]:
+        return self.subnet.network_id, self.security_groups
+
+
+def eni_key(eni: Eni) -> tuple[str, tuple[str, ...]]:
+    """ENIs are per (network, security-group set): the groups apply to the port."""
+    return eni.network_id, tuple(sorted(eni.security_groups))
+
+
 class NodePools:
     """Reconciles NodeNetworks: one call of :meth:`reconcile` per node and event."""
 
@@ -104,6 +128,7 @@ class NodePools:
         ports: Ports,
         servers: Servers,
         subnets: SubnetInfos,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.core = CoreV1Api(kube)
@@ -113,14 +138,14 @@ class NodePools:
         self.servers = servers
         self.subnets = subnets
         self.growth = Growth()
+        self.clock = clock
+        # (node, subnet id) -> when an on-demand pool was first seen unused; memory
+        # only: a new leader restarts the clocks, which merely delays a release
+        self.idle_since: dict[tuple[str, str], float] = {}
 
     async def default_subnet(self) -> SubnetInfo:
         items, _ = await self.vpcsubnets.list()
-        defaults = [i for i in items if VPCSubnetSpec.model_validate(i["spec"]).default]
-        if len(defaults) != 1:
-            names = [i["metadata"]["name"] for i in defaults]
-            raise PoolError(f"need exactly one VPCSubnet with default: true, found {names}")
-        return await self.subnets.get(defaults[0]["spec"]["subnetID"])
+        return await self.subnets.get(_default_of(items)["spec"]["subnetID"])
 
     async def instance_id(self, node_name: str) -> str:
         node = await self.core.read_node(node_name)
@@ -137,7 +162,10 @@ class NodePools:
         The spec write is guarded by the resourceVersion it was computed from; when
         another writer (the fixed-IP reconciler) got there first, the pass runs again
         on the fresh object. Running again is safe: the pool is re-derived from
-        Neutron, so addresses added by the lost pass are adopted, not added twice."""
+        Neutron, so addresses added by the lost pass are adopted, not added twice.
+
+        A subnet that cannot be served (ENI limit, unknown subnet) does not hold up
+        the others: the pass writes what it could and then raises PoolError."""
         for _ in range(SPEC_WRITE_ATTEMPTS):
             stored = await self.nodenetworks.get(node_name)
             if stored is None:
@@ -146,34 +174,123 @@ class NodePools:
                 stored = await self.nodenetworks.create(node_name, spec.wire())
             spec = NodeNetworkSpec.model_validate(stored.get("spec") or {})
             status = NodeNetworkStatus.model_validate(stored.get("status") or {})
-            subnet = await self.default_subnet()
-            eni = await self._ensure_eni(node_name, spec, subnet)
-            new_spec = await self._balance(node_name, spec, status, eni, subnet)
-            if new_spec == spec:
-                return spec
-            try:
-                await self.nodenetworks.patch_spec(
-                    node_name,
-                    new_spec.wire(),
-                    resource_version=stored["metadata"]["resourceVersion"],
-                )
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise
-                log.info("node %s: NodeNetwork changed while reconciling; again", node_name)
-                continue
+            problems: list[str] = []
+            wants = await self._wanted(spec, status, problems)
+            enis = await self._ensure_enis(node_name, spec, wants, problems)
+            new_spec = await self._balance(node_name, spec, status, enis, wants)
+            if new_spec != spec:
+                try:
+                    await self.nodenetworks.patch_spec(
+                        node_name,
+                        new_spec.wire(),
+                        resource_version=stored["metadata"]["resourceVersion"],
+                    )
+                except ApiException as exc:
+                    if exc.status != 409:
+                        raise
+                    log.info("node %s: NodeNetwork changed while reconciling; again", node_name)
+                    continue
+            if problems:
+                raise PoolError(f"node {node_name}: {'; '.join(problems)}")
             return new_spec
         raise PoolError(f"node {node_name}: NodeNetwork kept changing under the reconcile")
 
-    async def _ensure_eni(self, node: str, spec: NodeNetworkSpec, subnet: SubnetInfo) -> Eni:
-        for eni in spec.enis:
-            if eni.network_id == subnet.network_id:
-                return eni
-        if len(spec.enis) >= self.config.max_enis_per_node:
-            raise PoolError(f"node {node} already has {len(spec.enis)} ENIs (maxEnisPerNode)")
-        index = len(spec.enis) + 1
+    # ---- which subnets ---------------------------------------------------------------
+
+    async def _wanted(
+        self, spec: NodeNetworkSpec, status: NodeNetworkStatus, problems: list[str]
+    ) -> list[Want]:
+        """Default subnet first, then the ones asked for, then the ones still held."""
+        items, _ = await self.vpcsubnets.list()
+        default = _default_of(items)
+        declared = {i["metadata"]["name"]: i for i in items}
+        by_subnet = {i["spec"].get("subnetID"): i for i in reversed(items)}
+        asked: list[tuple[dict[str, Any] | None, str, int]] = [
+            (default, default["spec"]["subnetID"], 0)
+        ]
+        for demand in status.subnet_demand:
+            item = declared.get(demand.vpc_subnet or "")
+            if item is None or item["spec"].get("subnetID") != demand.subnet_id:
+                item = by_subnet.get(demand.subnet_id)
+            if item is None:
+                problems.append(f"subnet {demand.subnet_id} is asked for but no VPCSubnet has it")
+                continue
+            asked.append((item, demand.subnet_id, demand.waiting))
+        held = {s.subnet_id: e for e in spec.enis for s in e.subnets}
+        asked += [(None, subnet_id, 0) for subnet_id in held]
+        wants: dict[str, Want] = {}
+        for item, subnet_id, waiting in asked:
+            if subnet_id in wants:
+                if waiting:
+                    wants[subnet_id] = replace(wants[subnet_id], waiting=waiting)
+                continue
+            try:
+                info = await self.subnets.get(subnet_id)
+            except CloudError as exc:
+                if exc.kind is not Kind.NOT_FOUND:
+                    raise
+                problems.append(f"subnet {subnet_id} does not exist in Neutron")
+                continue
+            if item is not None:
+                groups = tuple(sorted(item["spec"].get("securityGroups") or ()))
+            else:
+                groups = eni_key(held[subnet_id])[1]
+            wants[subnet_id] = Want(info, groups, item is default, waiting)
+        return list(wants.values())
+
+    # ---- ENIs ---------------------------------------------------------------------
+
+    async def _ensure_enis(
+        self, node: str, spec: NodeNetworkSpec, wants: list[Want], problems: list[str]
+    ) -> list[Eni]:
+        """Every wanted subnet on an ENI: the one that lists it already, else the
+        node's ENI of the same network and security groups (one more ``subnets[]``
+        entry with a route table of its own), else a new ENI."""
+        enis = list(spec.enis)
+        for want in wants:
+            if any(s.subnet_id == want.subnet.id for e in enis for s in e.subnets):
+                continue
+            at = next((i for i, e in enumerate(enis) if eni_key(e) == want.eni_key), None)
+            if at is not None:
+                entry = self._subnet_entry(want.subnet, self._free_table(enis))
+                enis[at] = enis[at].model_copy(update={"subnets": (*enis[at].subnets, entry)})
+                continue
+            if len(enis) >= self.config.max_enis_per_node:
+                problems.append(
+                    f"subnet {want.subnet.id} needs an ENI for network {want.subnet.network_id} "
+                    f"and security groups {list(want.security_groups)}, but the node already "
+                    f"has {len(enis)} ENIs (maxEnisPerNode)"
+                )
+                continue
+            enis.append(await self._new_eni(node, spec.instance_id, enis, want))
+        return enis
+
+    def _subnet_entry(self, subnet: SubnetInfo, table: int) -> EniSubnet:
+        return EniSubnet(
+            subnet_id=subnet.id, cidr=subnet.cidr, gateway=subnet.gateway, route_table=table
+        )
+
+    def _free_table(self, enis: list[Eni]) -> int:
+        """Tables ``routeTableBase + deviceIndex`` belong to each ENI's first subnet;
+        further subnets take the lowest free table above all of those. Stored in
+        spec once given, so a table never changes under a subnet."""
+        used = {s.route_table for e in enis for s in e.subnets}
+        table = self.config.route_table_base + self.config.max_enis_per_node + 1
+        while table in used:
+            table += 1
+        return table
+
+    async def _new_eni(self, node: str, instance: str, enis: list[Eni], want: Want) -> Eni:
+        subnet = want.subnet
+        index = min(set(range(1, len(enis) + 2)) - {e.device_index for e in enis})
         tags = [OWNER, cluster_tag(self.config.cluster_name), node_tag(node), purpose_tag("eni")]
-        leftover = await self.ports.list(tags=tags, network_id=subnet.network_id)
+        listed = {e.port_id for e in enis}
+        groups = want.security_groups
+        leftover = [
+            p
+            for p in await self.ports.list(tags=tags, network_id=subnet.network_id)
+            if p.id not in listed and (not groups or tuple(sorted(p.security_groups)) == groups)
+        ]
         if leftover:
             port = leftover[0]
             log.info("node %s: adopting ENI port %s left by an earlier run", node, port.id)
@@ -185,6 +302,7 @@ class NodePools:
                 cluster=self.config.cluster_name,
                 purpose="eni",
                 node=node,
+                security_groups=want.security_groups,
             )
             log.info("node %s: created ENI port %s", node, port.id)
         primary = primary_from_tags(port.tags)
@@ -198,78 +316,136 @@ class NodePools:
                 )
             primary = port.fixed_ips[0].address
             await self.ports.add_tag(port.id, primary_tag(primary))
-        if port.id not in await self.servers.attached_ports(spec.instance_id):
-            await self.servers.attach(spec.instance_id, port.id)
-            log.info("node %s: attached ENI %s to server %s", node, port.id, spec.instance_id)
+        home = next((f.subnet_id for f in port.fixed_ips if f.address == primary), subnet.id)
+        home_subnet = await self.subnets.get(home)
+        if port.id not in await self.servers.attached_ports(instance):
+            await self.servers.attach(instance, port.id)
+            log.info("node %s: attached ENI %s to server %s", node, port.id, instance)
         return Eni(
             port_id=port.id,
             mac=port.mac,
             network_id=subnet.network_id,
+            security_groups=want.security_groups,
             device_index=index,
-            primary_ip=IPv4Interface(f"{primary}/{subnet.cidr.prefixlen}"),
+            primary_ip=IPv4Interface(f"{primary}/{home_subnet.cidr.prefixlen}"),
             mtu=subnet.mtu,
-            subnets=(
-                EniSubnet(
-                    subnet_id=subnet.id,
-                    cidr=subnet.cidr,
-                    gateway=subnet.gateway,
-                    route_table=self.config.route_table_base + index,
-                ),
-            ),
+            subnets=(self._subnet_entry(subnet, self.config.route_table_base + index),),
         )
+
+    # ---- addresses ------------------------------------------------------------------
+
+    def _marks(self, node: str, spec: NodeNetworkSpec, want: Want, used: int) -> Watermarks:
+        """The default subnet keeps the node's watermarks. Another subnet keeps the
+        smaller ``onDemandWatermarks`` while it is used or asked for; once unused for
+        ``onDemandIdleSeconds`` its free addresses are all surplus and go back through
+        the release handshake. Either wants at least as many free as pods wait."""
+        marks = spec.watermarks if want.default else self.config.on_demand_watermarks
+        key = (node, want.subnet.id)
+        if want.default or used or want.waiting:
+            self.idle_since.pop(key, None)
+        elif self.clock() - self.idle_since.setdefault(key, self.clock()) >= (
+            self.config.on_demand_idle_seconds
+        ):
+            return Watermarks(pre_allocate=0, min_allocate=0, max_above_watermark=0)
+        return marks.model_copy(update={"pre_allocate": max(marks.pre_allocate, want.waiting)})
 
     async def _balance(
         self,
         node: str,
         spec: NodeNetworkSpec,
         status: NodeNetworkStatus,
-        eni: Eni,
-        subnet: SubnetInfo,
+        enis: list[Eni],
+        wants: list[Want],
     ) -> NodeNetworkSpec:
-        port = await self.ports.get(eni.port_id)
-        pool = self._pool_from_port(eni, port, subnet)
         in_use = {u.address for u in status.in_use}
-        release = set(spec.release) & pool
-        done = {a for a in release if a in set(status.release_confirmed) and a not in in_use}
-        if done:
-            await self.ports.remove_addresses(port.id, done, seen=port)
-            pool -= done
-            release -= done
-        release -= in_use  # the node refuses: the address is in use after all
-        available = len(pool - release)
-        used = len(in_use & pool)
-        room = self.config.max_addresses_per_eni - len(pool)
-        growth = self.growth.observe((node, subnet.id), used)
-        batch = to_allocate(available, used, spec.watermarks, room, growth)
-        if batch:
-            # the port read above is current unless a release was just written
-            seen = None if done else port
-            pool |= set(await self.ports.add_addresses(port.id, subnet.id, batch, seen=seen))
-        else:
-            extra = surplus(available, used, spec.watermarks, growth)
-            free = sorted(pool - release - in_use, reverse=True)
-            release |= set(free[:extra])
-        new_eni = eni.model_copy(
-            update={
-                "subnets": tuple(
-                    s.model_copy(update={"addresses": tuple(sorted(pool))})
-                    if s.subnet_id == subnet.id
-                    else s
-                    for s in eni.subnets
+        confirmed = set(status.release_confirmed)
+        order = {w.subnet.id: i for i, w in enumerate(wants)}
+        release_all: set[IPv4Address] = set()
+        new_enis = []
+        for eni in enis:
+            port = await self.ports.get(eni.port_id)
+            subnets = sorted(eni.subnets, key=lambda s: order.get(s.subnet_id, len(order)))
+            pools = {s.subnet_id: self._pool_from_port(eni, port, s.subnet_id) for s in subnets}
+            release = set(spec.release) & set().union(*pools.values())
+            done = {a for a in release if a in confirmed and a not in in_use}
+            if done:
+                await self.ports.remove_addresses(port.id, done, seen=port)
+                release -= done
+            release -= in_use  # the node refuses: the address is in use after all
+            room = self.config.max_addresses_per_eni - sum(len(p - done) for p in pools.values())
+            batches: dict[str, int] = {}
+            for entry in subnets:
+                pool = pools[entry.subnet_id] = pools[entry.subnet_id] - done
+                want = next((w for w in wants if w.subnet.id == entry.subnet_id), None)
+                if want is None:  # a subnet we could not look up this pass: leave it be
+                    continue
+                available, used = len(pool - release), len(in_use & pool)
+                marks = self._marks(node, spec, want, used)
+                growth = self.growth.observe((node, entry.subnet_id), used)
+                batch = to_allocate(available, used, marks, room, growth)
+                if batch:
+                    batches[entry.subnet_id] = batch
+                    room -= batch
+                else:
+                    extra = surplus(available, used, marks, growth)
+                    release |= set(sorted(pool - release - in_use, reverse=True)[:extra])
+            if batches:
+                # the port read above is current unless a release was just written
+                added = await add_in_subnets(self.ports, port.id, batches, None if done else port)
+                for subnet_id, new in added.items():
+                    pools[subnet_id] = pools[subnet_id] | new
+            release_all |= release
+            new_enis.append(
+                eni.model_copy(
+                    update={
+                        "subnets": tuple(
+                            s.model_copy(update={"addresses": tuple(sorted(pools[s.subnet_id]))})
+                            for s in eni.subnets
+                        )
+                    }
                 )
-            }
-        )
-        enis = [e for e in spec.enis if e.port_id != eni.port_id] + [new_eni]
+            )
         return spec.model_copy(
             update={
-                "enis": tuple(sorted(enis, key=lambda e: e.device_index)),
-                "release": tuple(sorted(release)),
+                "enis": tuple(sorted(new_enis, key=lambda e: e.device_index)),
+                "release": tuple(sorted(release_all)),
             }
         )
 
     @staticmethod
-    def _pool_from_port(eni: Eni, port: Port, subnet: SubnetInfo) -> set[IPv4Address]:
+    def _pool_from_port(eni: Eni, port: Port, subnet_id: str) -> set[IPv4Address]:
         """The pool is what the port holds in the subnet, less its own address: this
         adopts addresses a crashed run added but never recorded, and drops any that
         someone removed on Neutron behind our back."""
-        return set(port.addresses(subnet.id)) - {eni.primary_ip.ip}
+        return set(port.addresses(subnet_id)) - {eni.primary_ip.ip}
+
+
+def _default_of(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The one VPCSubnet with ``default: true`` (read raw: one malformed VPCSubnet,
+    which its status reports, must not stop every node's pool)."""
+    defaults = [i for i in items if (i.get("spec") or {}).get("default") is True]
+    if len(defaults) != 1:
+        names = [i["metadata"]["name"] for i in defaults]
+        raise PoolError(f"need exactly one VPCSubnet with default: true, found {names}")
+    return defaults[0]
+
+
+async def add_in_subnets(
+    ports: Ports, port_id: str, batches: dict[str, int], seen: Port | None
+) -> dict[str, set[IPv4Address]]:
+    """Adds ``batches[subnet]`` Neutron-picked addresses of each subnet to the port in
+    one compare-and-swap update (one PUT for all of an ENI's subnets); returns the
+    addresses new on the port, per subnet."""
+    if len(batches) == 1:
+        [(subnet_id, count)] = batches.items()
+        return {subnet_id: set(await ports.add_addresses(port_id, subnet_id, count, seen=seen))}
+    wanted = [{"subnet_id": s} for s, count in batches.items() for _ in range(count)]
+
+    def change(port: Port) -> dict[str, Any]:
+        held = [{"subnet_id": f.subnet_id, "ip_address": str(f.address)} for f in port.fixed_ips]
+        return {"fixed_ips": held + wanted}
+
+    # ports.py has no multi-subnet add (yet); its compare-and-swap is the one to use
+    # Ports has no multi-subnet add; its compare-and-swap keeps every guard of one
+    before, after = await ports._compare_and_swap("add_fixed_ips", port_id, change, seen)
+    return {s: set(after.addresses(s)) - set(before.addresses(s)) for s in batches}

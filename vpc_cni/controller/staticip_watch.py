@@ -22,16 +22,20 @@ from pydantic import ValidationError
 from vpc_cni.cloud.errors import CloudError
 from vpc_cni.controller.staticips import SpecError, StaticIPs, owner_pod_name
 from vpc_cni.kube.resources import GROUP, PLURALS, VERSION, StaticIPSpec, StaticIPStatus
+from vpc_cni.kube.subnet_choice import IP_ANNOTATION
 from vpc_cni.kube.watch import Informer
 
 log = logging.getLogger(__name__)
 
 # ("staticip", namespace, name) reconciles a StaticIP; ("pod", namespace, name) makes
-# the StaticIP of a StatefulSet pod
+# the StaticIP of a StatefulSet pod or of a pod with vpccni.io/ip
 Key = tuple[str, str, str]
 
 
-def _is_statefulset_pod(pod: dict[str, Any]) -> bool:
+def _wants_static_ip(pod: dict[str, Any]) -> bool:
+    """A StatefulSet pod, or a pod that asks for an exact address (vpccni.io/ip)."""
+    if IP_ANNOTATION in (pod["metadata"].get("annotations") or {}):
+        return True
     refs = pod["metadata"].get("ownerReferences") or []
     return any(r.get("kind") == "StatefulSet" and r.get("controller") for r in refs)
 
@@ -80,7 +84,7 @@ class StaticIPWatch:
         owned = [key for key, pod in self.owner_of.items() if key[1] == namespace and pod == name]
         for key in owned:
             self.enqueue(key)
-        if not owned and kind != "DELETED" and _is_statefulset_pod(obj):
+        if not owned and kind != "DELETED" and _wants_static_ip(obj):
             self.enqueue(("pod", namespace, name))
 
     async def on_nodenetwork(self, kind: str, obj: dict[str, Any]) -> None:

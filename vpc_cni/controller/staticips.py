@@ -56,11 +56,16 @@ from vpc_cni.kube.resources import (
     StaticIPStatus,
     VPCSubnetSpec,
 )
+from vpc_cni.kube.subnet_choice import (
+    IP_ANNOTATION,
+    SubnetChoiceError,
+    candidate_of,
+    choose_subnet,
+)
 
 log = logging.getLogger(__name__)
 
 FINALIZER = "vpccni.io/staticip"
-SUBNET_ANNOTATION = "vpccni.io/subnet"
 SPEC_WRITE_ATTEMPTS = 8
 Policy = Literal["WhileOwnerExists", "TTL", "Never"]
 
@@ -290,11 +295,16 @@ class StaticIPs:
         owner_exists = pod is not None or await self._statefulset_exists(
             work.namespace, spec.owner.stateful_set
         )
+        # made for one pod (vpccni.io/ip): that pod's going releases it, placed or not,
+        # and a new pod of the same name is another owner
+        made_for = _made_for_pod(obj)
+        if made_for is not None and (pod is None or pod.metadata.uid != made_for):
+            owner_exists, pod = False, None
         verdict = release_verdict(
             spec.release_policy,
             spec.ttl_seconds,
             owner_exists,
-            work.node is not None,
+            work.node is not None or made_for is not None,
             work.gone_since,
             self.clock(),
         )
@@ -347,6 +357,7 @@ class StaticIPs:
                 if exc.kind is Kind.ADDRESS_IN_USE and spec.address is not None:
                     holder = await self._holder(subnet, spec.address)
                     work.condition("Reserved", "False", "AddressInUse", holder, warn=True)
+                    await self._owner_event(work, spec, "AddressInUse", holder)
                     return None
                 if exc.kind in (Kind.EXHAUSTED, Kind.QUOTA):
                     reason = "SubnetExhausted" if exc.kind is Kind.EXHAUSTED else "QuotaExceeded"
@@ -385,14 +396,41 @@ class StaticIPs:
         return found[0] if found else None
 
     async def _holder(self, subnet: SubnetInfo, address: IPv4Address) -> str:
+        """Who holds the address, as an operator would look for it: another
+        StaticIP (and its pod), a node's pool, or a foreign port."""
         found = await self.ports.list(
             network_id=subnet.network_id, fixed_ips=f"ip_address={address}"
         )
         if not found:
             return f"{address} is in use by another port in network {subnet.network_id}"
         port = found[0]
+        if port.name.startswith(reservation_name("")):
+            uid = port.name[len(reservation_name("")) :]
+            listed = await self.custom.list_cluster_custom_object(
+                GROUP, VERSION, PLURALS["StaticIP"]
+            )
+            for item in listed["items"]:
+                if item["metadata"].get("uid") == uid:
+                    meta, owner = item["metadata"], item["spec"].get("owner") or {}
+                    pod = owner.get("pod") or f"{owner.get('statefulSet')}-{owner.get('ordinal')}"
+                    return (
+                        f"{address} is held by StaticIP {meta['namespace']}/{meta['name']} "
+                        f"of pod {pod} (reservation port {port.id})"
+                    )
+        node = next((t[len(node_tag("")) :] for t in port.tags if t.startswith(node_tag(""))), None)
+        if node and purpose_tag("eni") in port.tags:
+            return f"{address} is in the address pool of node {node} (ENI port {port.id})"
         owner = port.device_owner or "no device owner"
         return f"{address} is held by port {port.id} ({port.name or 'unnamed'}, {owner})"
+
+    async def _owner_event(self, work: _Work, spec: StaticIPSpec, reason: str, text: str) -> None:
+        """The same Warning on the owner pod, where its user looks first (once per
+        change of the StaticIP's condition, like the StaticIP's own Event)."""
+        if not any(r == reason for r, _ in work.warnings):
+            return
+        pod = await self._pod(work.namespace, owner_pod_name(spec.owner))
+        if pod is not None:
+            await self._pod_event(pod, reason, text)
 
     # ---- placement ---------------------------------------------------------------------
 
@@ -554,14 +592,23 @@ class StaticIPs:
     # ---- StatefulSet pods ----------------------------------------------------------------
 
     async def ensure_for_pod(self, namespace: str, pod_name: str) -> str | None:
-        """Creates the StaticIP ``<sts>-<ordinal>`` of a StatefulSet pod whose VPCSubnet
-        keeps StatefulSet addresses (staticIPsForStatefulSets); returns its name."""
+        """Creates the StaticIP a pod needs: ``<sts>-<ordinal>`` for a StatefulSet pod
+        whose VPCSubnet keeps StatefulSet addresses (staticIPsForStatefulSets), or
+        one named after a bare pod that asks for ``vpccni.io/ip``; returns its name."""
         pod = await self._pod(namespace, pod_name)
-        member = statefulset_member(pod) if pod is not None else None
-        if pod is None or member is None:
+        if pod is None:
             return None
-        subnet_name = await self._subnet_of(pod)
-        stored = await self.vpcsubnets.get(subnet_name) if subnet_name else None
+        member = statefulset_member(pod)
+        if member is None:
+            if IP_ANNOTATION in (pod.metadata.annotations or {}):
+                return await self._ensure_for_annotated_pod(pod)
+            return None
+        try:
+            subnet_name = await self._subnet_of(pod)
+        except SubnetChoiceError as exc:
+            log.info("pod %s/%s: no StaticIP: %s", namespace, pod_name, exc)
+            return None
+        stored = await self.vpcsubnets.get(subnet_name)
         if stored is None:
             return None
         if not VPCSubnetSpec.model_validate(stored["spec"]).static_ips_for_stateful_sets:
@@ -581,18 +628,79 @@ class StaticIPs:
             log.info("staticip %s/%s: created for StatefulSet pod", namespace, name)
         return name
 
-    async def _subnet_of(self, pod: V1Pod) -> str | None:
-        """The pod's VPCSubnet: its annotation, its namespace's, else the default one."""
-        chosen = (pod.metadata.annotations or {}).get(SUBNET_ANNOTATION)
-        if chosen:
-            return chosen
+    async def _ensure_for_annotated_pod(self, pod: V1Pod) -> str | None:
+        """The StaticIP of a bare pod with ``vpccni.io/ip``: named after the pod, owned
+        by it (ownerReference, so Kubernetes deletes it with the pod), policy
+        WhileOwnerExists. A malformed annotation or an undecidable subnet is an Event
+        on the pod; an address someone else holds is reported by the reconcile."""
+        meta = pod.metadata
+        text = (meta.annotations or {})[IP_ANNOTATION]
+        try:
+            address = IPv4Address(text.strip())
+            subnet_name = await self._subnet_of(pod)
+        except ValueError as exc:  # AddressValueError and SubnetChoiceError alike
+            reason = "InvalidSubnet" if isinstance(exc, SubnetChoiceError) else "InvalidAddress"
+            detail = str(exc) if reason == "InvalidSubnet" else "not one IPv4 address"
+            await self._pod_event(pod, reason, f"{IP_ANNOTATION}={text!r}: {detail}")
+            return None
+        existing = await self.staticips.get(meta.name, meta.namespace)
+        if existing is not None:
+            owner = StaticIPOwner.model_validate(existing["spec"].get("owner") or {})
+            if owner.pod != meta.name:
+                message = (
+                    f"{IP_ANNOTATION}={address}: StaticIP {meta.namespace}/{meta.name} "
+                    "already exists for another owner"
+                )
+                await self._pod_event(pod, "StaticIPConflict", message)
+                return None
+            return meta.name
+        body = {
+            "apiVersion": API_VERSION,
+            "kind": "StaticIP",
+            "metadata": {
+                "name": meta.name,
+                "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "Pod", "name": meta.name, "uid": meta.uid}
+                ],
+            },
+            "spec": {
+                "address": str(address),
+                "subnet": subnet_name,
+                "owner": {"pod": meta.name},
+                "releasePolicy": "WhileOwnerExists",
+            },
+        }
+        try:
+            await self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, meta.namespace, PLURALS["StaticIP"], body
+            )
+        except ApiException as exc:
+            if exc.status != 409:  # another replica was first: same object
+                raise
+        log.info(
+            "staticip %s/%s: created for %s=%s", meta.namespace, meta.name, IP_ANNOTATION, address
+        )
+        return meta.name
+
+    async def _subnet_of(self, pod: V1Pod) -> str:
+        """The pod's VPCSubnet by the rule the daemon uses (kube/subnet_choice.py)."""
         namespace = await self.core.read_namespace(pod.metadata.namespace)
-        chosen = (namespace.metadata.annotations or {}).get(SUBNET_ANNOTATION)
-        if chosen:
-            return chosen
         items, _ = await self.vpcsubnets.list()
-        defaults = [i for i in items if VPCSubnetSpec.model_validate(i["spec"]).default]
-        return defaults[0]["metadata"]["name"] if len(defaults) == 1 else None
+        return choose_subnet(
+            [c for c in map(candidate_of, items) if c is not None],
+            pod.metadata.annotations or {},
+            pod.metadata.labels or {},
+            namespace.metadata.annotations or {},
+            namespace.metadata.labels or {},
+        )
+
+    async def _pod_event(self, pod: V1Pod, reason: str, message: str) -> None:
+        meta = pod.metadata
+        log.warning("pod %s/%s: %s: %s", meta.namespace, meta.name, reason, message)
+        ref = V1ObjectReference(
+            api_version="v1", kind="Pod", namespace=meta.namespace, name=meta.name, uid=meta.uid
+        )
+        await record_event(self.core, ref, reason, message)
 
     # ---- small helpers -------------------------------------------------------------------
 
@@ -651,6 +759,12 @@ class StaticIPs:
         except ApiException as exc:
             if exc.status != 404:  # released and gone meanwhile
                 raise
+
+
+def _made_for_pod(obj: dict[str, Any]) -> str | None:
+    """The uid of the pod a StaticIP was made for (its Pod ownerReference), if any."""
+    refs = obj["metadata"].get("ownerReferences") or []
+    return next((r.get("uid") for r in refs if r.get("kind") == "Pod"), None)
 
 
 def _brief(exc: Exception) -> str:

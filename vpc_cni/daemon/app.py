@@ -20,11 +20,19 @@ from prometheus_client import start_http_server
 from vpc_cni.daemon import metrics
 from vpc_cni.daemon.commands import NodeCommands
 from vpc_cni.daemon.config import DaemonConfig
+from vpc_cni.daemon.demand import SubnetDemands
+from vpc_cni.daemon.eni_guard import EniGuard
 from vpc_cni.daemon.failpoints import Failpoints
 from vpc_cni.daemon.handler import RequestHandler
+from vpc_cni.daemon.inspect import InspectServer, default_inspect_socket
+from vpc_cni.daemon.inspect_state import NodeInspector
 from vpc_cni.daemon.netlink import NodeDatapath
 from vpc_cni.daemon.nodenetwork import NodeNetworkPoolSource, kube_client
+from vpc_cni.daemon.podchoice import PodChoices
+from vpc_cni.daemon.podinfo import PodInfo
+from vpc_cni.daemon.podlist import reconcile_confirmers
 from vpc_cni.daemon.pool import FilePoolSource, PoolSource
+from vpc_cni.daemon.readiness import Readiness
 from vpc_cni.daemon.reconcile import Reconciler
 from vpc_cni.daemon.server import CniServer
 from vpc_cni.daemon.status import StatusReporter, StatusWriter, poking
@@ -33,28 +41,11 @@ from vpc_cni.daemon.store import Store, StoreThread
 log = logging.getLogger(__name__)
 
 
-def _mark_ready(ready_file: Path | None, datapath: NodeDatapath) -> None:
-    """Ready means serving with every ENI set up; called once the socket is open (and
-    the NodeNetwork listed), and again after each pool change."""
-    if ready_file is None:
-        return
-    broken = datapath.broken_enis()
-    if broken:
-        log.warning("not ready: ENIs not set up: %s", ", ".join(sorted(broken)))
-        ready_file.unlink(missing_ok=True)
-    else:
-        ready_file.parent.mkdir(parents=True, exist_ok=True)
-        ready_file.write_text("ready\n")
-
-
-async def _follow_pool(
-    pool: PoolSource, datapath: NodeDatapath, reporter: StatusReporter, ready_file: Path | None
-) -> None:
-    """New ENIs in a changed pool need their datapath before pods land on them."""
+async def _follow_pool(pool: PoolSource, guard: EniGuard) -> None:
+    """New ENIs in a changed pool need their datapath before pods land on them; ENIs
+    that left it go once no pod uses them (eni_guard.py)."""
     async for snapshot in pool.changes():
-        await datapath.setup(snapshot)
-        _mark_ready(ready_file, datapath)
-        reporter.poke()
+        await guard.apply(snapshot)
 
 
 async def _synced(source: NodeNetworkPoolSource, stop: asyncio.Event) -> bool:
@@ -83,6 +74,7 @@ async def run_daemon(config: DaemonConfig, config_path: Path, failpoints: Failpo
     store = StoreThread(Store(config.state_dir))
     host_netns = str(config.host_netns) if config.host_netns else None
     datapath = NodeDatapath(host_netns, failpoints, config.block_metadata)
+    readiness = Readiness(config.ready_file, datapath)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -90,30 +82,53 @@ async def run_daemon(config: DaemonConfig, config_path: Path, failpoints: Failpo
     tasks: list[asyncio.Task[None]] = []
     client: ApiClient | None = None
     server: CniServer | None = None
+    inspection: InspectServer | None = None
     try:
         pool: PoolSource
         write: StatusWriter | None = None
+        choices: PodChoices | None = None
         if config.pool.source == "nodeNetwork":
             assert config.pool.node_name is not None  # the config validator requires it
             client = await kube_client(config.pool.kubeconfig)
             source = NodeNetworkPoolSource(client, config.pool.node_name)
             metrics.NODENETWORK_RELISTS.set_function(lambda: source.informer.relists)
+            readiness.follow_watch(source.informer)
             tasks.append(asyncio.create_task(source.run()))
             if not await _synced(source, stop):
                 return
             pool, write = source, _status_writer(source)
+            choices = PodChoices(PodInfo(client, config.pool.node_name), config.static_wait_seconds)
+            tasks.append(asyncio.create_task(choices.info.run()))
         else:
             pool = FilePoolSource(config_path, config.pool)
-        commands = NodeCommands(store, pool, datapath, config.cooldown_seconds, failpoints)
-        reporter = StatusReporter(store, pool, write)
-        server = CniServer(config.socket, poking(RequestHandler(commands), reporter.poke))
-        await datapath.setup(pool.snapshot())
-        await Reconciler(commands).run_once()
+        demand = SubnetDemands()
+        commands = NodeCommands(
+            store, pool, datapath, config.cooldown_seconds, failpoints, choices, demand
+        )
+        reporter = StatusReporter(store, pool, write, demand=demand)
+        handler = RequestHandler(commands)
+        server = CniServer(config.socket, poking(handler, reporter.poke))
+        inspector = NodeInspector(store, pool, datapath, handler.recent_errors, readiness)
+        inspection = InspectServer(
+            config.inspect_socket or default_inspect_socket(config.socket), inspector
+        )
+        metrics.follow_enis(lambda: len(pool.snapshot().enis), lambda: len(datapath.broken_enis()))
+        guard = EniGuard(
+            datapath, store, commands.locks, config.eni_setup, (readiness.update, reporter.poke)
+        )
+        await guard.apply(pool.snapshot())
+        reconciler = Reconciler(commands, reconcile_confirmers(client, config.pool.node_name))
+        await reconciler.run_once(startup=True)
         await server.start()
+        await inspection.start()
+        readiness.serving = True
         tasks.append(asyncio.create_task(reporter.run()))
-        tasks.append(asyncio.create_task(_follow_pool(pool, datapath, reporter, config.ready_file)))
+        tasks.append(asyncio.create_task(_follow_pool(pool, guard)))
+        tasks.append(asyncio.create_task(guard.run()))
+        sweeps = reconciler.run_periodically(config.reconcile_seconds, reporter.poke)
+        tasks.append(asyncio.create_task(sweeps))
         reporter.poke()
-        _mark_ready(config.ready_file, datapath)
+        readiness.update()
         log.info(
             "serving CNI on %s (host netns %s, store %s, %s pool, %d addresses)",
             config.socket,
@@ -125,8 +140,7 @@ async def run_daemon(config: DaemonConfig, config_path: Path, failpoints: Failpo
         await stop.wait()
         log.info("stopping")
     finally:
-        if config.ready_file is not None:
-            config.ready_file.unlink(missing_ok=True)
+        readiness.stop()
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -134,6 +148,8 @@ async def run_daemon(config: DaemonConfig, config_path: Path, failpoints: Failpo
                 await task
         if server is not None:
             await server.close()
+        if inspection is not None:
+            await inspection.close()
         if client is not None:
             await client.close()
         store.close()

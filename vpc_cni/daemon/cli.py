@@ -28,9 +28,19 @@ configuration file (JSON or YAML; see docs/daemon.md):
   stateDir         directory of the allocation store [/var/lib/vpc-cni]
   hostNetns        network namespace treated as the host; null = the daemon's own
   cooldownSeconds  how long a released address rests before reuse [30]
+  reconcileSeconds how often allocations are checked against pods and netns [60]
+  staticWaitSeconds  cluster mode: how long a pod's ADDs wait in all for its fixed
+                   address (StaticIP, vpccni.io/ip) to reach this node [30]
   blockMetadata    reject pod traffic to the metadata address 169.254.169.254 [false]
   metricsPort      serve Prometheus metrics on this port [off]
   readyFile        a file that exists only while the daemon is ready [off]
+  inspectSocket    read-only socket of `vpcctl node` [inspect.sock beside socket]
+  eniSetup.repairSeconds  how often node, ENI and pod datapath are checked and
+                   what is missing put back [5]
+  eniSetup.markUnmanaged  write drop-ins telling NetworkManager/networkd to leave
+                   the ENIs alone [null: only when hostNetns is null]
+  eniSetup.networkManagerDir, eniSetup.networkdDir  where those drop-ins go, if the
+                   directory exists [/etc/NetworkManager/conf.d, /etc/systemd/network]
   pool.source      file (pool.enis below) or nodeNetwork (this node's NodeNetwork)
   pool.nodeName    with nodeNetwork: the node (and NodeNetwork) name
   pool.kubeconfig  with nodeNetwork: kubeconfig [in-cluster service account]

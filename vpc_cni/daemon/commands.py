@@ -8,6 +8,7 @@ after a failure and calls DEL for anything it is unsure about.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from dataclasses import dataclass
@@ -15,14 +16,30 @@ from dataclasses import dataclass
 from vpc_cni.cni.errors import CniError, ErrorCode
 from vpc_cni.cni.request import CniRequest
 from vpc_cni.cni.result import Result
+from vpc_cni.daemon.demand import SubnetDemands
 from vpc_cni.daemon.failpoints import Failpoints
 from vpc_cni.daemon.keylocks import KeyLocks
 from vpc_cni.daemon.netlink import NodeDatapath
+from vpc_cni.daemon.podchoice import POLL_SECONDS, PodChoices, Want
 from vpc_cni.daemon.pool import PoolAddress, PoolSource
 from vpc_cni.daemon.results import ipam_result, pod_result
-from vpc_cni.daemon.store import Allocation, AllocationKey, PodOwner, PoolExhausted, StoreThread
+from vpc_cni.daemon.selection import (
+    ADDRESS_CONFLICT,
+    SUBNET_EMPTY,
+    WAITING_FOR_ADDRESS,
+    ChoiceError,
+)
+from vpc_cni.daemon.store import (
+    AddressCooling,
+    AddressHeld,
+    Allocation,
+    AllocationKey,
+    PodOwner,
+    PoolExhausted,
+    StoreThread,
+)
 from vpc_cni.daemon.timings import Timings
-from vpc_cni.datapath import DatapathCheckError, DatapathError
+from vpc_cni.datapath import DatapathCheckError, DatapathError, announce
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +56,16 @@ class Outcome:
     allocation: Allocation | None = None
 
 
+@dataclass(frozen=True)
+class Allocated:
+    """What `_allocate` got: the allocation, whether it is new, and whether the address
+    must be announced (an exact address: it may have moved here from another node)."""
+
+    allocation: Allocation
+    created: bool
+    announce: bool = False
+
+
 def request_key(request: CniRequest) -> AllocationKey:
     return AllocationKey(request.network, request.container_id, request.ifname)
 
@@ -52,7 +79,12 @@ def _netns_inode(netns: str) -> int | None:
 
 
 class NodeCommands:
-    """The five verbs over one store, one pool source and one datapath."""
+    """The five verbs over one store, one pool source and one datapath.
+
+    `choices` (cluster mode) decides per pod which subnet or exact address it gets;
+    without it any pool address will do (or the config's `subnet`). `demand` collects
+    the subnets ADDs found empty, for NodeNetwork status.
+    """
 
     def __init__(
         self,
@@ -61,12 +93,16 @@ class NodeCommands:
         datapath: NodeDatapath,
         cooldown_seconds: float,
         failpoints: Failpoints,
+        choices: PodChoices | None = None,
+        demand: SubnetDemands | None = None,
     ) -> None:
         self.store = store
         self.pool = pool
         self.datapath = datapath
         self.cooldown_seconds = cooldown_seconds
         self.failpoints = failpoints
+        self.choices = choices
+        self.demand = demand or SubnetDemands()
         self.locks = KeyLocks()
 
     def _located(self, allocation: Allocation) -> PoolAddress:
@@ -82,11 +118,15 @@ class NodeCommands:
     async def add(self, request: CniRequest, timings: Timings) -> Outcome:
         key = request_key(request)
         async with self.locks.hold(key):
-            allocation, created = await self._allocate(request, key, timings)
+            allocated = await self._allocate(request, key, timings)
+            allocation, created = allocated.allocation, allocated.created
             if created:
                 self.failpoints.hit("after-store-commit")
             try:
-                return await self._complete_add(request, allocation, timings)
+                outcome = await self._complete_add(request, allocation, timings)
+                if allocated.announce and not request.ipam_only:
+                    await self._announce(allocation, timings)
+                return outcome
             except BaseException:
                 # All-or-nothing: whatever this ADD made goes, so a retry starts clean.
                 # A new address skips the cooldown (the runtime never saw it in use); one
@@ -97,15 +137,7 @@ class NodeCommands:
 
     async def _allocate(
         self, request: CniRequest, key: AllocationKey, timings: Timings
-    ) -> tuple[Allocation, bool]:
-        subnet = request.config.subnet
-        candidates = self.pool.snapshot().addresses(subnet)
-        if subnet is not None and not candidates:
-            raise CniError(
-                ErrorCode.TRY_AGAIN_LATER,
-                f"no address available in subnet {subnet}",
-                f"this node's pool holds no address of subnet {subnet}",
-            )
+    ) -> Allocated:
         pod = request.pod
         owner = PodOwner(
             namespace=pod.namespace if pod else None,
@@ -114,17 +146,127 @@ class NodeCommands:
             netns=request.netns,
             netns_inode=_netns_inode(request.netns),
         )
+        if self.choices is None:
+            return await self._allocate_from_pool(request, key, Want(), owner, timings)
+        # A repeated ADD gets what the first one got, whatever the pod says by now.
+        with timings.measure("store"):
+            existing = await self.store.run(self.store.store.get, key)
+        if existing is not None:
+            return Allocated(existing, created=False)
+        want = await self.choices.want(request)
+        if want.wish is not None:
+            try:
+                return await self._allocate_wish(self.choices, request, key, want, owner, timings)
+            except ChoiceError as error:
+                self.choices.refused(want, error)
+                raise
+        return await self._allocate_from_pool(request, key, want, owner, timings)
+
+    async def _allocate_from_pool(
+        self, request: CniRequest, key: AllocationKey, want: Want, owner: PodOwner, timings: Timings
+    ) -> Allocated:
+        """Any free address of the subnet the config names, else of the pod's
+        VPCSubnet, else of the whole pool; a refusal is recorded as subnet demand."""
+        subnet = request.config.subnet or (want.subnet.subnet_id if want.subnet else None)
+        vpc_subnet = want.subnet.vpc_subnet if want.subnet and not request.config.subnet else None
+        named = f"{subnet} (VPCSubnet {vpc_subnet})" if vpc_subnet else str(subnet)
+        candidates = self.pool.snapshot().addresses(subnet)
         try:
+            if subnet is not None and not candidates:
+                raise PoolExhausted([named])
             with timings.measure("store"):
-                return await self.store.run(
+                allocation, created = await self.store.run(
                     self.store.store.allocate, key, candidates, owner, request.ipam_only
                 )
         except PoolExhausted as error:
-            raise CniError(
+            if subnet is None:
+                raise CniError(
+                    ErrorCode.TRY_AGAIN_LATER,
+                    str(error),
+                    f"all {len(candidates)} pool addresses are in use or cooling down",
+                ) from None
+            self.demand.refused(subnet, vpc_subnet, want.describe_pod())
+            held = f"all {len(candidates)} of its addresses on this node are in use or cooling"
+            why = f"{held} down" if candidates else "this node's pool holds none of its addresses"
+            if vpc_subnet and want.subnet:
+                why += f"; VPCSubnet chosen by {want.subnet.because}"
+            empty = ChoiceError(
                 ErrorCode.TRY_AGAIN_LATER,
-                str(error),
-                f"all {len(candidates)} pool addresses are in use or cooling down",
+                SUBNET_EMPTY,
+                f"no free address in subnet {named}; the controller is refilling this node's pool",
+                why,
+            )
+            if self.choices is not None:
+                self.choices.refused(want, empty)
+            raise empty from None
+        self.demand.served(allocation.subnet_id)
+        return Allocated(allocation, created)
+
+    async def _allocate_wish(
+        self,
+        choices: PodChoices,
+        request: CniRequest,
+        key: AllocationKey,
+        want: Want,
+        owner: PodOwner,
+        timings: Timings,
+    ) -> Allocated:
+        """Exactly the wished address, once this node holds it: wait a bounded while
+        for the controller to place it, then answer "try again later"."""
+        assert want.wish is not None
+        deadline = choices.wait_deadline(want, want.wish.address)
+        while (entry := choices.place(want, self.pool.snapshot())) is None:
+            if choices.passed(deadline):
+                raise choices.not_here(want, self.pool.snapshot())
+            await asyncio.sleep(POLL_SECONDS)
+            want = await choices.want(request)
+            if want.wish is None:  # the StaticIP or annotation went away meanwhile
+                return await self._allocate_from_pool(request, key, want, owner, timings)
+        choices.arrived(want, want.wish.address)
+        wish = want.wish
+        try:
+            with timings.measure("store"):
+                allocation, created = await self.store.run(
+                    self.store.store.allocate_address,
+                    key,
+                    entry,
+                    owner,
+                    request.ipam_only,
+                    wish.static_ip is not None,
+                )
+        except AddressHeld as error:
+            holder = error.holder
+            same_pod = (holder.owner.namespace, holder.owner.name) == (owner.namespace, owner.name)
+            raise ChoiceError(
+                ErrorCode.TRY_AGAIN_LATER,
+                WAITING_FOR_ADDRESS if same_pod else ADDRESS_CONFLICT,
+                f"pod {want.describe_pod()} asks for {wish.describe()}, which is held by"
+                f" {holder.describe_owner()}",
+                "waiting for the DEL of the pod's previous sandbox"
+                if same_pod
+                else "an address goes to one pod at a time",
             ) from None
+        except AddressCooling as error:
+            raise ChoiceError(
+                ErrorCode.TRY_AGAIN_LATER,
+                WAITING_FOR_ADDRESS,
+                f"pod {want.describe_pod()} asks for {wish.describe()}, which rests after"
+                f" its release for {error.seconds:.0f} s more",
+                "released addresses cool down (cooldownSeconds) unless a StaticIP owns them",
+            ) from None
+        return Allocated(allocation, created, announce=True)
+
+    async def _announce(self, allocation: Allocation, timings: Timings) -> None:
+        """A gratuitous ARP so the fabric learns the address's new port. Best effort:
+        the pod works for every peer that already resolved it, and a failure here is
+        logged rather than failing an ADD whose datapath is complete."""
+        try:
+            with timings.measure("netlink"):
+                await asyncio.to_thread(
+                    announce, self.datapath.host_netns, allocation.eni_mac, allocation.address
+                )
+        except DatapathError as error:
+            log.warning("announcing %s failed: %s", allocation.address, error)
 
     async def _complete_add(
         self, request: CniRequest, allocation: Allocation, timings: Timings

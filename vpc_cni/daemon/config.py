@@ -116,6 +116,17 @@ class PoolConfig(_Model):
         return self
 
 
+class EniSetupConfig(_Model):
+    """How the daemon keeps its ENIs in shape (docs/daemon.md, "ENI lifecycle")."""
+
+    repair_seconds: Annotated[float, Field(ge=0.5, le=3600)] = 5.0
+    # null: only when hostNetns is null, i.e. the daemon runs on the node itself; in
+    # the lab the machine's own /etc does not belong to the simulated node.
+    mark_unmanaged: bool | None = None
+    network_manager_dir: Path | None = Path("/etc/NetworkManager/conf.d")
+    networkd_dir: Path | None = Path("/etc/systemd/network")
+
+
 class DaemonConfig(_Model):
     """Everything `vpcctl daemon` needs; see docs/daemon.md for each key."""
 
@@ -123,12 +134,17 @@ class DaemonConfig(_Model):
     state_dir: Path = Path("/var/lib/vpc-cni")
     host_netns: Path | None = None
     cooldown_seconds: Annotated[float, Field(ge=0, le=86400)] = 30.0
+    static_wait_seconds: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    reconcile_seconds: Annotated[float, Field(gt=0, le=86400)] = 60.0
     block_metadata: bool = False
     metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = None
     ready_file: Path | None = None
+    # null: inspect.sock beside `socket`, so every daemon on a machine has its own.
+    inspect_socket: Path | None = None
+    eni_setup: EniSetupConfig = Field(default_factory=EniSetupConfig)
     pool: PoolConfig = Field(default_factory=PoolConfig)
 
-    @field_validator("socket", "state_dir", "host_netns", "ready_file")
+    @field_validator("socket", "state_dir", "host_netns", "ready_file", "inspect_socket")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_absolute():

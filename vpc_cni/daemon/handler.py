@@ -3,6 +3,7 @@
 This is the last place an exception can be caught before the executable prints our
 reply, so every failure becomes CNI error JSON here: a CniError as it is, anything
 else as code 999 with the exception text (the traceback goes to the daemon's log).
+Every error is also kept in `recent_errors`, which `vpcctl node errors` shows.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from vpc_cni.cni.request import CniRequest, error_version, parse_request
 from vpc_cni.cni.result import encode_result
 from vpc_cni.daemon import metrics
 from vpc_cni.daemon.commands import NodeCommands, Outcome
+from vpc_cni.daemon.recent_errors import RecentErrors
 from vpc_cni.daemon.server import RawRequest, Reply
 from vpc_cni.daemon.timings import Timings
 
@@ -33,16 +35,23 @@ def _describe(request: CniRequest | None, raw: RawRequest, outcome: Outcome | No
     if request.container_id:
         parts.append(f"container={request.container_id} ifname={request.ifname}")
     allocation = outcome.allocation if outcome else None
-    if request.pod:
-        parts.append(f"pod={request.pod.namespace}/{request.pod.name}")
-    elif allocation and allocation.owner.name:
-        # DEL often comes without CNI_ARGS; the store remembers whose address it was.
-        parts.append(f"pod={allocation.owner.namespace}/{allocation.owner.name}")
+    # DEL often comes without CNI_ARGS; the store remembers whose address it was.
+    pod = _pod(request, outcome)
+    if pod:
+        parts.append(f"pod={pod}")
     if allocation:
         parts.append(f"address={allocation.address}")
     if request.ipam_only:
         parts.append("ipam-only")
     return " ".join(parts)
+
+
+def _pod(request: CniRequest | None, outcome: Outcome | None) -> str | None:
+    """`namespace/name` from CNI_ARGS, else from the allocation the verb found."""
+    if request is not None and request.pod:
+        return f"{request.pod.namespace}/{request.pod.name}"
+    owner = outcome.allocation.owner if outcome and outcome.allocation else None
+    return f"{owner.namespace}/{owner.name}" if owner and owner.name else None
 
 
 def _reply_version(request: CniRequest | None, raw: RawRequest) -> str:
@@ -54,6 +63,7 @@ class RequestHandler:
     """Turns raw requests into replies using the node's verbs."""
 
     def __init__(self, commands: NodeCommands) -> None:
+        self.recent_errors = RecentErrors()
         self._verbs: dict[str, Verb] = {
             "ADD": commands.add,
             "DEL": commands.delete,
@@ -86,8 +96,8 @@ class RequestHandler:
         metrics.REQUEST_SECONDS.labels(command).observe(timings.total())
         return reply
 
-    @staticmethod
     def _failed(
+        self,
         command: str,
         error: CniError,
         request: CniRequest | None,
@@ -96,6 +106,20 @@ class RequestHandler:
         timings: Timings,
     ) -> None:
         metrics.REQUEST_ERRORS.labels(command, str(error.code)).inc()
+        if request is not None:
+            container_id, ifname = request.container_id, request.ifname
+        else:  # unparsed: bounded copies of whatever a broken caller sent
+            container_id = raw.env.get("CNI_CONTAINERID", "")[:64]
+            ifname = raw.env.get("CNI_IFNAME", "")[:16]
+        self.recent_errors.record(
+            command,
+            error.code,
+            error.msg,
+            error.details,
+            pod=_pod(request, outcome),
+            container_id=container_id,
+            ifname=ifname,
+        )
         log.warning(
             "%s failed code=%d %s: %s %s",
             command,

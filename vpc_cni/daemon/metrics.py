@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 REQUEST_SECONDS = Histogram(
@@ -28,3 +30,41 @@ NODENETWORK_RELISTS = Gauge(
     "vpccni_nodenetwork_relists",
     "Full lists of this node's NodeNetwork (the first, then one per expired watch).",
 )
+ENIS = Gauge(
+    "vpccni_enis",
+    "ENIs in this node's pool, by state (up: set up in the kernel; broken: set-up failed).",
+    ["state"],
+)
+RECONCILE_ALLOCATIONS = Counter(
+    "vpccni_reconcile_allocations_total",
+    "Allocations examined by reconcile (at start-up and in each periodic sweep), by"
+    " outcome (kept: the pod still lives; freed: its address went back to the pool).",
+    ["outcome"],
+)
+NODENETWORK_WATCH_CONNECTED = Gauge(
+    "vpccni_nodenetwork_watch_connected",
+    "1 while the NodeNetwork list/watch follows the apiserver, 0 while it retries.",
+)
+READY = Gauge(
+    "vpccni_ready",
+    "1 while the daemon is ready (socket open, NodeNetwork watch connected, ENIs set up).",
+)
+DATAPATH_REPAIRS = Counter(
+    "vpccni_datapath_repairs_total",
+    "Datapath pieces the periodic check found missing and put back, by owner (node:"
+    " setup_node's rules and nft table; eni: an ENI's address, tables, sysctls; pod: a"
+    " running pod's host route, rules, proxy neighbour).",
+    ["kind"],
+)
+
+# Zero-valued series from the start: a dashboard tells "none yet" from "not exported".
+for _outcome in ("kept", "freed"):
+    RECONCILE_ALLOCATIONS.labels(_outcome)
+for _kind in ("node", "eni", "pod"):
+    DATAPATH_REPAIRS.labels(_kind)
+
+
+def follow_enis(total: Callable[[], int], broken: Callable[[], int]) -> None:
+    """ENI gauges read at scrape time, so they can never lag the pool or the datapath."""
+    ENIS.labels("broken").set_function(broken)
+    ENIS.labels("up").set_function(lambda: total() - broken())

@@ -11,12 +11,14 @@ import asyncio
 import logging
 import socket
 import threading
+from collections.abc import Iterable, Sequence
 
 from vpc_cni import datapath
 from vpc_cni.daemon.config import EniConfig
 from vpc_cni.daemon.failpoints import Failpoints
 from vpc_cni.daemon.pool import PoolAddress, PoolSnapshot
 from vpc_cni.daemon.store import Allocation
+from vpc_cni.datapath.eni import EniHealth
 from vpc_cni.datapath.model import (
     DatapathError,
     EniSpec,
@@ -62,14 +64,65 @@ class NodeDatapath:
             datapath.setup_node, self.host_netns, block_metadata=self.block_metadata
         )
         for eni in snapshot.enis:
-            try:
-                link = await asyncio.to_thread(datapath.setup_eni, self.host_netns, eni_spec(eni))
-            except DatapathError as error:
+            await self.setup_eni(eni)
+
+    async def setup_eni(self, eni: EniConfig, wait_seconds: float = 10.0) -> bool:
+        """Set one ENI up, waiting `wait_seconds` for its NIC; False (and the ENI
+        counted broken) if that failed."""
+        try:
+            link = await asyncio.to_thread(
+                datapath.setup_eni, self.host_netns, eni_spec(eni), wait_seconds
+            )
+        except DatapathError as error:
+            if self._broken.get(eni.id) != str(error):
                 log.error("ENI %s (%s) not set up: %s", eni.id, eni.mac, error)
-                self._broken[eni.id] = str(error)
-                continue
-            self._broken.pop(eni.id, None)
-            log.info("ENI %s (%s) set up as %s", eni.id, eni.mac, link.ifname)
+            self._broken[eni.id] = str(error)
+            return False
+        self._broken.pop(eni.id, None)
+        log.info("ENI %s (%s) set up as %s", eni.id, eni.mac, link.ifname)
+        return True
+
+    def mark_broken(self, eni: EniConfig, why: str) -> None:
+        """An ENI that was up stopped working (its NIC vanished)."""
+        log.error("ENI %s (%s) broken: %s", eni.id, eni.mac, why)
+        self._broken[eni.id] = why
+
+    def forget(self, eni_id: str) -> None:
+        """An ENI that left the pool no longer counts as broken (readiness, STATUS)."""
+        self._broken.pop(eni_id, None)
+
+    async def teardown_eni(self, eni: EniConfig) -> None:
+        """Remove what setup_eni made for an ENI that left the pool."""
+        await asyncio.to_thread(datapath.teardown_eni, self.host_netns, eni_spec(eni))
+
+    async def release_tables(self, tables: Iterable[int]) -> None:
+        await asyncio.to_thread(datapath.release_tables, self.host_netns, tuple(tables))
+
+    async def guard_eni(self, eni: EniConfig) -> EniHealth:
+        return await asyncio.to_thread(datapath.guard_eni, self.host_netns, eni_spec(eni))
+
+    async def repair_node(self) -> tuple[str, ...]:
+        return await asyncio.to_thread(
+            datapath.repair_node, self.host_netns, block_metadata=self.block_metadata
+        )
+
+    async def missing_pod_pieces(
+        self, allocations: Sequence[Allocation]
+    ) -> list[tuple[Allocation, tuple[str, ...]]]:
+        """Allocations whose pod lacks host-side pieces (a route, a rule, the proxy
+        neighbour), and which; only rows that recorded their ENI and table."""
+        specs = {
+            self._pod_spec(a, None, "", _ANY_MTU): a
+            for a in allocations
+            if a.state == "ready" and not a.ipam_only and a.eni_mac and a.route_table
+        }
+        found = await asyncio.to_thread(datapath.missing_pod_pieces, self.host_netns, list(specs))
+        return [(specs[spec], pieces) for spec, pieces in found]
+
+    async def repair_pod(self, allocation: Allocation) -> tuple[str, ...]:
+        """Put back the missing host-side pieces of one pod (hold its key's lock)."""
+        spec = self._pod_spec(allocation, None, "", _ANY_MTU)
+        return await asyncio.to_thread(datapath.repair_pod, self.host_netns, spec)
 
     @staticmethod
     def _pod_spec(

@@ -81,7 +81,8 @@ def snapshot_from_spec(spec: dict[str, Any]) -> PoolSnapshot:
         pool = PoolConfig(enis=[_eni_config(eni) for eni in parsed.enis])
     except ValidationError as error:
         raise SpecError(describe_validation_error(error)) from None
-    return PoolSnapshot(pool, withheld=frozenset(parsed.release))
+    static = frozenset((eni.port_id, a) for eni in parsed.enis for a in eni.static_addresses)
+    return PoolSnapshot(pool, withheld=frozenset(parsed.release), static=static)
 
 
 class NodeNetworkPoolSource:
@@ -134,12 +135,16 @@ class NodeNetworkPoolSource:
             return
         self._snapshot = snapshot
         log.info(
-            "pool from NodeNetwork %s: %d ENIs, %d addresses available, %d withheld",
+            "pool from NodeNetwork %s: %d ENIs, %d addresses available, %d withheld, %d static",
             self.node_name,
             len(snapshot.enis),
             len(snapshot.addresses()),
             len(snapshot.withheld),
+            len(snapshot.static),
         )
+        for eni_id, address in sorted(snapshot.static):
+            if snapshot.static_entry(address) is None:
+                log.error("static address %s on ENI %s is in none of its subnets", address, eni_id)
         self._changed.set()
 
     async def changes(self) -> AsyncIterator[PoolSnapshot]:

@@ -36,10 +36,15 @@ class PoolSnapshot:
     `withheld` are addresses the pool still lists but must not hand out (the
     controller asked for them back): a pod holding one keeps working, as `locate`
     still finds it, while `addresses` no longer offers it to an ADD.
+
+    `static` are (ENI id, address) pairs of StaticIP addresses placed on an ENI as
+    address pairs: `locate` finds them (in the ENI subnet whose CIDR holds them), but
+    `addresses` never offers them, since only the StaticIP's owner may have one.
     """
 
     config: PoolConfig
     withheld: frozenset[IPv4Address] = frozenset()
+    static: frozenset[tuple[str, IPv4Address]] = frozenset()
 
     @property
     def enis(self) -> list[EniConfig]:
@@ -56,17 +61,34 @@ class PoolSnapshot:
 
     def addresses(self, subnet_id: str | None = None) -> list[PoolAddress]:
         """Addresses an ADD may take, in pool order, optionally of one subnet only."""
-        return [e for e in self._entries(subnet_id) if e.address not in self.withheld]
+        reserved = self.withheld | {address for _, address in self.static}
+        return [e for e in self._entries(subnet_id) if e.address not in reserved]
 
     def subnet_ids(self) -> list[str]:
         return [subnet.id for eni in self.config.enis for subnet in eni.subnets]
 
     def locate(self, address: IPv4Address) -> PoolAddress | None:
-        """The ENI and subnet of an address, if the pool still lists it (withheld too)."""
+        """The ENI and subnet of an address, if the pool still lists it (withheld and
+        static addresses too)."""
         for entry in self._entries(None):
             if entry.address == address:
                 return entry
+        return self.static_entry(address)
+
+    def static_entry(self, address: IPv4Address) -> PoolAddress | None:
+        """Where a static address lives: its ENI, and the ENI subnet whose CIDR holds it
+        (None if no subnet of that ENI does: the pod would have no gateway)."""
+        for eni in self.config.enis:
+            if (eni.id, address) not in self.static:
+                continue
+            for subnet in eni.subnets:
+                if address in subnet.cidr:
+                    return PoolAddress(address, eni, subnet)
         return None
+
+    def subnet_holding(self, address: IPv4Address) -> SubnetConfig | None:
+        """The pool subnet whose CIDR contains `address`, whether or not it is listed."""
+        return next((s for eni in self.config.enis for s in eni.subnets if address in s.cidr), None)
 
 
 class PoolSource(Protocol):

@@ -147,6 +147,21 @@ def prepare_socket_path(path: Path) -> None:
     path.unlink()
 
 
+async def start_private_unix_server(
+    path: Path, serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+) -> asyncio.Server:
+    """A unix socket only root can reach: 0600 in a 0700 directory (prepare_socket_path)."""
+    prepare_socket_path(path)
+    # umask first: the socket must never exist, even for an instant, with wider mode.
+    old_umask = os.umask(0o177)
+    try:
+        server = await asyncio.start_unix_server(serve, path=str(path))
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    return server
+
+
 class CniServer:
     """Accepts connections on the unix socket and answers each with one reply."""
 
@@ -156,14 +171,7 @@ class CniServer:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        prepare_socket_path(self.path)
-        # umask first: the socket must never exist, even for an instant, with wider mode.
-        old_umask = os.umask(0o177)
-        try:
-            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
-        finally:
-            os.umask(old_umask)
-        os.chmod(self.path, 0o600)
+        self._server = await start_private_unix_server(self.path, self._serve)
 
     async def close(self) -> None:
         if self._server is not None:

@@ -12,18 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from vpc_cni.daemon import metrics
+from vpc_cni.daemon.demand import SubnetDemands, rfc3339
+from vpc_cni.daemon.enidrift import ENI_DRIFT, eni_drift
 from vpc_cni.daemon.pool import PoolSnapshot, PoolSource
 from vpc_cni.daemon.server import Handler, RawRequest, Reply
 from vpc_cni.daemon.store import Allocation, Store, StoreThread
-from vpc_cni.kube.resources import AddressUse, Condition, NodeNetworkStatus
+from vpc_cni.kube.resources import AddressUse, Condition, NodeNetworkStatus, SubnetDemand
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ StatusWriter = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339(time.time())
 
 
 def _condition(
@@ -60,8 +62,10 @@ def build_status(
     free: int,
     previous: dict[str, Condition],
     now: str,
+    demand: Sequence[SubnetDemand] = (),
 ) -> NodeNetworkStatus:
-    """The whole status from the store's allocations and the current pool."""
+    """The whole status from the store's allocations, the current pool and the subnets
+    pods were refused in."""
     held = {a.address for a in allocations}
     removed = sorted(a.address for a in allocations if snapshot.locate(a.address) is None)
     subnets = ", ".join(snapshot.subnet_ids()) or "(the pool lists no subnet)"
@@ -81,6 +85,9 @@ def build_status(
             now,
         ),
     )
+    drift = eni_drift()  # the ENI guard's finding; listed from its first appearance on
+    if drift is not None or ENI_DRIFT in previous:
+        conditions += (_condition(ENI_DRIFT, drift, "ForeignConfiguration", previous, now),)
     return NodeNetworkStatus(
         eni_count=len(snapshot.enis),
         used_count=len(allocations),
@@ -93,6 +100,7 @@ def build_status(
             for a in sorted(allocations, key=lambda a: a.address)
         ),
         release_confirmed=tuple(sorted(snapshot.withheld - held)),
+        subnet_demand=tuple(demand),
         conditions=conditions,
     )
 
@@ -118,7 +126,8 @@ class StatusReporter:
     A poke opens a window that closes after `quiet` seconds without another poke, or
     `max_delay` after the first, whichever is sooner: one patch per burst, and none
     later than `max_delay` plus the write itself. With no `write` only the pool
-    metrics are kept (the file pool has no NodeNetwork to report to).
+    metrics are kept (the file pool has no NodeNetwork to report to). `demand` is
+    where ADDs record the subnets they found empty.
     """
 
     def __init__(
@@ -129,8 +138,10 @@ class StatusReporter:
         quiet: float = 0.1,
         max_delay: float = 0.5,
         refresh: float = 5.0,
+        demand: SubnetDemands | None = None,
     ) -> None:
         self.store = store
+        self.demand = demand or SubnetDemands()
         self.pool = pool
         self.write = write
         self.quiet = quiet
@@ -173,7 +184,14 @@ class StatusReporter:
         _export_pool_metrics(allocations, free)
         if self.write is None:
             return True
-        status = build_status(allocations, snapshot, sum(free.values()), self._conditions, _now())
+        status = build_status(
+            allocations,
+            snapshot,
+            sum(free.values()),
+            self._conditions,
+            _now(),
+            self.demand.current(),
+        )
         self._conditions = {c.type: c for c in status.conditions}
         if status == self._written:
             return True

@@ -80,6 +80,23 @@ class PoolExhausted(Exception):
         super().__init__(f"no free address in subnet {names}")
 
 
+class AddressHeld(Exception):
+    """The exact address asked for is allocated to another key."""
+
+    def __init__(self, holder: Allocation) -> None:
+        self.holder = holder
+        super().__init__(f"address {holder.address} is held by {holder.describe_owner()}")
+
+
+class AddressCooling(Exception):
+    """The exact address asked for rests after its release for `seconds` more."""
+
+    def __init__(self, address: IPv4Address, seconds: float) -> None:
+        self.address = address
+        self.seconds = seconds
+        super().__init__(f"address {address} cools down for {seconds:.0f} s more")
+
+
 @dataclass(frozen=True)
 class AllocationKey:
     """The CNI key (docs/contracts.md section 4)."""
@@ -115,6 +132,11 @@ class Allocation:
     host_ifname: str = ""
     host_mac: str = ""
     pod_mac: str = ""
+
+    def describe_owner(self) -> str:
+        """Who holds the allocation, as an operator would look it up."""
+        pod = f"pod {self.owner.namespace}/{self.owner.name}, " if self.owner.name else ""
+        return f"{pod}container {self.key.container_id}"
 
 
 _COLUMNS = (
@@ -280,31 +302,74 @@ class Store:
             if not free:
                 raise PoolExhausted(sorted({c.subnet.id for c in candidates}))
             chosen = min(free, key=lambda entry: entry[0])[1]
-            conn.execute(
-                f"INSERT INTO allocations ({_COLUMNS})"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, '', '', '')",
-                (
-                    key.network,
-                    key.container_id,
-                    key.ifname,
-                    str(chosen.address),
-                    chosen.eni.id,
-                    chosen.subnet.id,
-                    owner.namespace,
-                    owner.name,
-                    owner.uid,
-                    owner.netns,
-                    owner.netns_inode,
-                    now,
-                    int(ipam_only),
-                    chosen.eni.mac,
-                    chosen.subnet.route_table,
-                ),
-            )
-            conn.execute("DELETE FROM cooldown WHERE address = ?", (str(chosen.address),))
-            allocation = self._get(conn, key)
+            return self._insert(conn, key, chosen, owner, ipam_only, now), True
+
+    def allocate_address(
+        self,
+        key: AllocationKey,
+        wanted: PoolAddress,
+        owner: PodOwner,
+        ipam_only: bool = False,
+        skip_cooldown: bool = False,
+    ) -> tuple[Allocation, bool]:
+        """Exactly `wanted` for the key (a fixed pod IP); a repeated key gets what it has.
+
+        `skip_cooldown` is for a StaticIP's owner: the address rests to protect other
+        pods from stale conntrack and ARP state, and the owner is the very pod that
+        state was about.
+        """
+        with self._write() as conn:
+            existing = self._get(conn, key)
+            if existing is not None:
+                return existing, False
+            address = str(wanted.address)
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM allocations WHERE address = ?", (address,)
+            ).fetchone()
+            if row is not None:
+                raise AddressHeld(_row_to_allocation(row))
+            now = self._clock()
+            cooling = conn.execute(
+                "SELECT available_at FROM cooldown WHERE address = ?", (address,)
+            ).fetchone()
+            if cooling is not None and cooling[0] > now and not skip_cooldown:
+                raise AddressCooling(wanted.address, cooling[0] - now)
+            return self._insert(conn, key, wanted, owner, ipam_only, now), True
+
+    def _insert(
+        self,
+        conn: sqlite3.Connection,
+        key: AllocationKey,
+        chosen: PoolAddress,
+        owner: PodOwner,
+        ipam_only: bool,
+        now: float,
+    ) -> Allocation:
+        conn.execute(
+            f"INSERT INTO allocations ({_COLUMNS})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, '', '', '')",
+            (
+                key.network,
+                key.container_id,
+                key.ifname,
+                str(chosen.address),
+                chosen.eni.id,
+                chosen.subnet.id,
+                owner.namespace,
+                owner.name,
+                owner.uid,
+                owner.netns,
+                owner.netns_inode,
+                now,
+                int(ipam_only),
+                chosen.eni.mac,
+                chosen.subnet.route_table,
+            ),
+        )
+        conn.execute("DELETE FROM cooldown WHERE address = ?", (str(chosen.address),))
+        allocation = self._get(conn, key)
         assert allocation is not None  # inserted in this very transaction
-        return allocation, True
+        return allocation
 
     def mark_ready(
         self, key: AllocationKey, host_ifname: str = "", host_mac: str = "", pod_mac: str = ""

@@ -10,6 +10,9 @@ port security, or arrive from an address the client never talked to.
 Optionally the same table blocks the metadata address for pods: their packets leave
 from the node's port, so the cloud's metadata proxy would serve them the node's
 user-data (and credentials in it).
+
+`repair_node` looks for each of these pieces and, when one is gone (an operator's
+`nft flush ruleset`, a firewall reload, `ip rule flush`), runs the set-up again.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from vpc_cni.datapath.names import (
     PRIMARY_CONNMARK,
     check_ifname,
 )
-from vpc_cni.datapath.netns import run_in_netns, write_sysctl
-from vpc_cni.datapath.nft import run_nft
+from vpc_cni.datapath.netns import read_sysctl, run_in_netns, write_sysctl
+from vpc_cni.datapath.nft import nft_json, run_nft
 from vpc_cni.datapath.rtnl import link_by_index, remove_quietly, rtnl, rules_at, step
 
 # Refuse at once (the pod sees EHOSTUNREACH) rather than let clients time out.
@@ -41,6 +44,15 @@ def setup_node(
     if primary_ifname is not None:
         check_ifname(primary_ifname, "primary interface name")
     run_in_netns(host_netns, _setup_node_here, primary_ifname, block_metadata)
+
+
+def repair_node(
+    host_netns: str | None, primary_ifname: str | None = None, *, block_metadata: bool = False
+) -> tuple[str, ...]:
+    """Put back what setup_node made if any of it is gone; returns the missing pieces."""
+    if primary_ifname is not None:
+        check_ifname(primary_ifname, "primary interface name")
+    return run_in_netns(host_netns, _repair_node_here, primary_ifname, block_metadata)
 
 
 def teardown_node(host_netns: str | None) -> None:
@@ -102,6 +114,33 @@ def _setup_node_here(primary_ifname: str | None, block_metadata: bool) -> None:
                     fwmark=PRIMARY_CONNMARK,
                     fwmask=PRIMARY_CONNMARK,
                 )
+
+
+def _nft_rule_count() -> int | None:
+    """Rules in our nft table, None if the table is gone."""
+    try:
+        found = nft_json("list", "table", "ip", NFT_TABLE)
+    except DatapathError:
+        return None
+    return sum(1 for obj in found if "rule" in obj)
+
+
+def _repair_node_here(primary_ifname: str | None, block_metadata: bool) -> tuple[str, ...]:
+    missing = []
+    with rtnl() as ipr:
+        primary = primary_ifname or primary_interface(ipr)
+        if not _fwmark_rules(ipr):
+            missing.append(f"rule fwmark {PRIMARY_CONNMARK:#x} lookup main")
+    if read_sysctl("net", "ipv4", "conf", primary, "rp_filter") != "2":
+        missing.append(f"sysctl net.ipv4.conf.{primary}.rp_filter=2")
+    if read_sysctl("net", "ipv4", "conf", "all", "forwarding") != "1":
+        missing.append("sysctl net.ipv4.conf.all.forwarding=1")
+    rules = _nft_rule_count()
+    if rules != 2 + int(block_metadata):
+        missing.append(f"nft table ip {NFT_TABLE}" + (f" ({rules} rules)" if rules else ""))
+    if missing:
+        _setup_node_here(primary, block_metadata)
+    return tuple(missing)
 
 
 def _teardown_node_here() -> None:

@@ -4,6 +4,9 @@ A watch resumes from the last resourceVersion it saw (bookmarks keep that fresh 
 quiet resources); when the apiserver answers 410 Gone the history is compacted and
 only a full re-list is safe. Transport errors back off with jitter so that a
 restarted apiserver is not hammered by every node at once.
+
+`connected` tells health checks whether the informer is following the apiserver:
+False from the first failed list or watch until a list or watch is answered again.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ log = logging.getLogger(__name__)
 
 ListFn = Callable[..., Awaitable[Any]]
 OnEvent = Callable[[str, dict[str, Any]], Awaitable[None]]
+OnHealth = Callable[[bool], None]
 
 
 def _resource_version(obj: dict[str, Any]) -> str | None:
@@ -32,7 +36,8 @@ class Informer:
     """Calls ``on_event(type, object)`` (the object as the apiserver's JSON) for every
     object at (re-)list time (type ``SYNC``) and for every change after.
     ``relists`` counts full lists, so tests can prove a 410 was handled by
-    re-listing."""
+    re-listing. ``on_health``, when set, is called with the new value each time
+    ``connected`` flips, so readiness follows the watch without polling it."""
 
     def __init__(self, list_fn: ListFn, on_event: OnEvent, **list_args: Any) -> None:
         self.list_fn = list_fn
@@ -40,6 +45,15 @@ class Informer:
         self.list_args = list_args
         self.relists = 0
         self.synced = asyncio.Event()
+        self.connected = False
+        self.on_health: OnHealth | None = None
+
+    def _set_connected(self, connected: bool) -> None:
+        if connected == self.connected:
+            return
+        self.connected = connected
+        if self.on_health is not None:
+            self.on_health(connected)
 
     async def _list(self) -> str:
         # raw JSON, as watch events carry it: one shape (camelCase) for every consumer
@@ -51,6 +65,7 @@ class Informer:
         for item in result.get("items") or []:
             await self.on_event("SYNC", item)
         self.relists += 1
+        self._set_connected(True)
         self.synced.set()
         return _resource_version(result) or ""
 
@@ -69,18 +84,27 @@ class Informer:
                     version = None
                     continue
                 failures += 1
+                self._set_connected(False)
                 log.warning("watch failed: %s %s", exc.status, exc.reason)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 failures += 1
+                self._set_connected(False)
                 log.warning("watch connection failed: %s", exc)
             await asyncio.sleep(random.uniform(0, min(30.0, 0.5 * 2**failures)))
+
+    async def _open_watch(self, **kwargs: Any) -> Any:
+        """The watch request; an answer (an error status raises) means connected again,
+        without waiting for the first event, which may be minutes away."""
+        response = await self.list_fn(**kwargs)
+        self._set_connected(True)
+        return response
 
     async def _watch(self, version: str) -> str:
         """Streams events until the server ends the watch; returns where to resume."""
         stream = watch.Watch(return_type="object")  # raw dicts; we read raw_object
         try:
             async with stream.stream(
-                self.list_fn,
+                self._open_watch,
                 resource_version=version,
                 allow_watch_bookmarks=True,
                 timeout_seconds=300,

@@ -126,23 +126,6 @@ class Topology:
         )
 
 
-def _netns_name(path: str) -> str:
-    return path.rsplit("/", 1)[-1]
-
-
-def _placeholder(name: str, netns: str) -> Node:
-    return Node(
-        name,
-        netns,
-        "",
-        IPv4Interface("0.0.0.0/32"),
-        "",
-        EniSpec("", IPv4Interface("0.0.0.0/32"), 0, ()),
-        "",
-        (),
-    )
-
-
 def _init_node_namespace() -> None:
     # IPv4-only nodes: no IPv6 chatter on the NICs to blur the traffic counters.
     for scope in ("all", "default"):
