@@ -32,12 +32,20 @@ def _resource_version(obj: dict[str, Any]) -> str | None:
     return (obj.get("metadata") or {}).get("resourceVersion")
 
 
+def _key(obj: dict[str, Any]) -> tuple[str, str]:
+    metadata = obj.get("metadata") or {}
+    return metadata.get("namespace") or "", metadata.get("name") or ""
+
+
 class Informer:
     """Calls ``on_event(type, object)`` (the object as the apiserver's JSON) for every
     object at (re-)list time (type ``SYNC``) and for every change after.
     ``relists`` counts full lists, so tests can prove a 410 was handled by
-    re-listing. ``on_health``, when set, is called with the new value each time
-    ``connected`` flips, so readiness follows the watch without polling it."""
+    re-listing. An object that vanished while the informer was not watching (deleted
+    during an outage, or before a 410) is reported as ``DELETED`` after the re-list
+    that no longer finds it, with the last state seen. ``on_health``, when set, is
+    called with the new value each time ``connected`` flips, so readiness follows
+    the watch without polling it."""
 
     def __init__(self, list_fn: ListFn, on_event: OnEvent, **list_args: Any) -> None:
         self.list_fn = list_fn
@@ -47,6 +55,7 @@ class Informer:
         self.synced = asyncio.Event()
         self.connected = False
         self.on_health: OnHealth | None = None
+        self._known: dict[tuple[str, str], dict[str, Any]] = {}
 
     def _set_connected(self, connected: bool) -> None:
         if connected == self.connected:
@@ -62,8 +71,12 @@ class Informer:
             result = await response.json()
         finally:
             response.release()
-        for item in result.get("items") or []:
-            await self.on_event("SYNC", item)
+        items = result.get("items") or []
+        listed = {_key(item) for item in items}
+        for item in items:
+            await self._deliver("SYNC", item)
+        for key in [k for k in self._known if k not in listed]:
+            await self._deliver("DELETED", self._known[key])
         self.relists += 1
         self._set_connected(True)
         self.synced.set()
@@ -92,6 +105,13 @@ class Informer:
                 log.warning("watch connection failed: %s", exc)
             await asyncio.sleep(random.uniform(0, min(30.0, 0.5 * 2**failures)))
 
+    async def _deliver(self, kind: str, obj: dict[str, Any]) -> None:
+        if kind == "DELETED":
+            self._known.pop(_key(obj), None)
+        elif kind != "ERROR":
+            self._known[_key(obj)] = obj
+        await self.on_event(kind, obj)
+
     async def _open_watch(self, **kwargs: Any) -> Any:
         """The watch request; an answer (an error status raises) means connected again,
         without waiting for the first event, which may be minutes away."""
@@ -115,7 +135,7 @@ class Informer:
                     obj = event["raw_object"]
                     version = _resource_version(obj) or version
                     if kind != "BOOKMARK":
-                        await self.on_event(kind, obj)
+                        await self._deliver(kind, obj)
         finally:
             stream.stop()
         return version
