@@ -57,8 +57,10 @@ async def test_injected_412_refetches_and_redoes(proxied_ports, neutron_proxy, n
     )
     added = await proxied_ports.add_addresses(eni.id, neutron_net.a.id, count=2)
     assert len(added) == 2
-    gets = [c for c in neutron_proxy.calls if c.method == "GET" and eni.id in c.path]
-    assert len(gets) >= 2  # refetched after the 412
+    # the first PUT plans on the port remembered from the create; after the 412 the
+    # port is read afresh and the change redone on it
+    calls = [(c.method, c.status) for c in neutron_proxy.calls if eni.id in c.path]
+    assert calls == [("PUT", 412), ("GET", 200), ("PUT", 200)]
 
 
 async def test_quota_is_not_retried(proxied_ports, neutron_proxy, neutron_net, prefix):

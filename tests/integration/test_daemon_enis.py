@@ -122,6 +122,24 @@ def sent_while(env: ClusterNode, ifname: str, action: Callable[[], bool]) -> int
     return link_counters(env.node.netns, ifname)["tx"] - before
 
 
+def plug_second(env: ClusterNode, fabric: Fabric) -> None:
+    """Nova's part: the port appears in the node as a NIC with its MAC; then the
+    daemon's set-up (its table) follows."""
+    fabric.add_port(
+        "port-second",
+        SECOND_MAC,
+        "pods2",
+        [SECOND_PRIMARY.ip, *SECOND_POOL],
+        [],
+        env.node.netns,
+        SECOND_IFNAME,
+    )
+    wait_for(
+        lambda: f"default via {SECOND_GATEWAY} dev {SECOND_IFNAME}" in table(env, SECOND_TABLE),
+        "the new ENI's table",
+    )
+
+
 def repairs(env: ClusterNode, kind: str) -> float:
     return env.metric(f'vpccni_datapath_repairs_total{{kind="{kind}"}}') or 0.0
 
@@ -176,19 +194,7 @@ async def test_new_eni_is_set_up_carries_its_pods_and_goes_after_the_last(
     wait_for(lambda: not env.ready_file.exists(), "not ready while the NIC is missing")
     assert env.metric('vpccni_enis{state="broken"}') == 1
     # ... until Nova plugs it: a later check finds it and sets it up.
-    second_network.add_port(
-        "port-second",
-        SECOND_MAC,
-        "pods2",
-        [SECOND_PRIMARY.ip, *SECOND_POOL],
-        [],
-        env.node.netns,
-        SECOND_IFNAME,
-    )
-    wait_for(
-        lambda: f"default via {SECOND_GATEWAY} dev {SECOND_IFNAME}" in table(env, SECOND_TABLE),
-        "the new ENI's table",
-    )
+    plug_second(env, second_network)
     assert f"{SECOND_SUBNET} dev {SECOND_IFNAME}" in table(env, SECOND_TABLE)
     assert str(SECOND_PRIMARY) in ip(env, "addr", "show", SECOND_IFNAME)
     wait_for(env.ready_file.exists, "readiness with both ENIs up")
@@ -293,3 +299,18 @@ async def test_removed_pieces_come_back_and_foreign_ones_are_reported(
         lambda s: condition(s, ENI_DRIFT) == "False", "the condition cleared with the address"
     )
     await asyncio.to_thread(env.delete, "pa")
+
+
+async def test_an_eni_removed_while_the_daemon_is_down_goes_at_restart(
+    started: ClusterNode, second_network: Fabric
+) -> None:
+    env = started
+    await write_spec(env, with_second=True)
+    plug_second(env, second_network)
+    env.daemon.stop()
+    await write_spec(env, with_second=False)
+    env.daemon.start()
+    wait_for(lambda: table(env, SECOND_TABLE) == "", "the ENI's table emptied after restart")
+    assert "inet " not in ip(env, "addr", "show", SECOND_IFNAME)
+    assert {p for p in drop_ins(env) if SECOND_MAC.replace(":", "") in p} == set()
+    assert f"default via {FIRST_GATEWAY} dev {ENI_IFNAME}" in table(env, POD_ROUTE_TABLE)

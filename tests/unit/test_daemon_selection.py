@@ -1,6 +1,6 @@
 """Per-pod choices, the pure parts: subnet and exact-address decisions, static addresses
 in the pool, the store's exact allocation with the StaticIP cooldown exemption, subnet
-demand bookkeeping and the informer cache's re-list."""
+demand bookkeeping and the informer cache."""
 
 from __future__ import annotations
 
@@ -244,30 +244,31 @@ def test_status_carries_subnet_demand(clock: FakeClock) -> None:
     assert wire[0]["since"].endswith("Z")
 
 
-def named(name: str) -> dict[str, Any]:
-    return {"metadata": {"name": name, "namespace": "shop"}}
-
-
-async def test_informer_cache_relist_drops_what_vanished() -> None:
+async def test_informer_cache_follows_events_and_gets() -> None:
     async def never(**_: Any) -> None:
         await asyncio.Event().wait()
 
-    cache = InformerCache(never, lambda obj: obj["metadata"]["name"])
+    def parse(obj: dict[str, Any]) -> str | None:
+        return (obj["metadata"].get("labels") or {}).get("v")  # None: does not parse
+
+    def obj(name: str, version: str | None) -> dict[str, Any]:
+        labels = {"v": version} if version else {}
+        return {"metadata": {"name": name, "namespace": "shop", "labels": labels}}
+
+    cache = InformerCache(never, parse)
     deliver = cache.informer.on_event
     for name in ("a", "b"):
-        await deliver("SYNC", named(name))
-    cache.informer.relists = 1  # what the informer counts once the list was delivered
-    await deliver("ADDED", named("c"))
-    await deliver("DELETED", named("a"))
-    assert sorted(cache.values()) == ["b", "c"]
-    # A 410 and a re-list: only "c" still exists; "b" went while the watch was down.
-    await deliver("SYNC", named("c"))
-    assert cache.get("shop", "b") == "b", "a half-read list never replaces the cache"
-    cache.informer.relists = 2
-    assert cache.values() == ["c"]
-    # A re-list that finds nothing empties the cache.
-    cache.informer.relists = 3
-    assert cache.values() == []
+        await deliver("SYNC", obj(name, "1"))
+    await deliver("SYNC", obj("broken", None))
+    await deliver("ADDED", obj("c", "1"))
+    await deliver("DELETED", obj("a", "1"))
+    await deliver("ERROR", {"kind": "Status", "metadata": {}, "code": 500})
+    await deliver("MODIFIED", obj("c", "2"))
+    assert sorted(cache.values()) == ["1", "2"] and cache.get("shop", "c") == "2"
+    # An update that no longer parses leaves the cache instead of keeping the old state.
+    await deliver("MODIFIED", obj("b", None))
+    assert cache.get("shop", "b") is None and cache.get("shop", "broken") is None
+    assert cache.put(obj("d", "3")) == "3" and cache.get("shop", "d") == "3"
 
 
 def test_address_wait_is_short_per_request_and_bounded_per_pod(clock: FakeClock) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from tests.unit.test_daemon_config import VALID
 from vpc_cni.daemon.config import EniConfig, EniSetupConfig, PoolConfig
-from vpc_cni.daemon.eni_guard import EniGuard
+from vpc_cni.daemon.eni_guard import KNOWN_FILE, EniGuard
 from vpc_cni.daemon.keylocks import KeyLocks
 from vpc_cni.daemon.netlink import NodeDatapath
 from vpc_cni.daemon.pool import PoolSnapshot
@@ -123,3 +123,24 @@ async def test_a_table_given_out_again_is_not_emptied(
     await store.run(store.store.release, key, 0.0)
     await made.release_unused()
     assert not any(call[0] == "release" for call in datapath.calls)
+
+
+async def test_an_eni_that_left_while_the_daemon_was_down_goes_after_restart(
+    guard: tuple[EniGuard, RecordingDatapath, StoreThread],
+) -> None:
+    made, _, store = guard
+    await made.apply(pool([eni(1, (101,)), eni(2, (102, 103))]))
+
+    later = RecordingDatapath()
+    restarted = EniGuard(cast(NodeDatapath, later), store, KeyLocks(), EniSetupConfig(), ())
+    await restarted.apply(pool([eni(1, (101,)), eni(3, (104,))]))
+    assert ("teardown", "port-2") in later.calls
+    assert not any(call[0] == "teardown" and call[1] != "port-2" for call in later.calls)
+
+    # A record that cannot be read is no reason not to start.
+    (Path(store.store.path).parent / KNOWN_FILE).write_text("{not json")
+    fresh = RecordingDatapath()
+    await EniGuard(cast(NodeDatapath, fresh), store, KeyLocks(), EniSetupConfig(), ()).apply(
+        pool([eni(1, (101,))])
+    )
+    assert fresh.calls == [("setup", ["port-1"])]

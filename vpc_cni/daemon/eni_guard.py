@@ -18,13 +18,21 @@ while the daemon was down, and sysctls and nft raise no netlink events.
 One task does all of it under one lock, so a teardown never races a repair of the same
 ENI; a pod is repaired only under its CNI key's lock, so never half-way through an
 ADD or DEL.
+
+The ENIs set up are remembered in `enis.json` beside the store, so an ENI that left
+the pool while the daemon was down is still torn down after the restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
 
 from vpc_cni.daemon import metrics
 from vpc_cni.daemon.config import EniConfig, EniSetupConfig
@@ -38,6 +46,8 @@ from vpc_cni.datapath import DatapathError
 
 log = logging.getLogger(__name__)
 
+KNOWN_FILE = "enis.json"
+
 
 def _tables(eni: EniConfig) -> set[int]:
     return {subnet.route_table for subnet in eni.subnets}
@@ -45,6 +55,29 @@ def _tables(eni: EniConfig) -> set[int]:
 
 def _users(eni: EniConfig, allocations: Sequence[Allocation]) -> list[Allocation]:
     return [a for a in allocations if a.eni_id == eni.id or (a.eni_mac and a.eni_mac == eni.mac)]
+
+
+def _load_known(path: Path) -> dict[str, EniConfig]:
+    """The ENIs the previous run had set up; none if it left no (readable) record."""
+    try:
+        entries = json.loads(path.read_text())
+        known = [EniConfig.model_validate(entry) for entry in entries]
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, TypeError, ValidationError) as error:
+        log.warning("%s unreadable, ENIs of the previous run not known: %s", path, error)
+        return {}
+    return {eni.id: eni for eni in known}
+
+
+def _save_known(path: Path, enis: Iterable[EniConfig]) -> None:
+    text = json.dumps([eni.model_dump(mode="json", by_alias=True) for eni in enis])
+    partial = path.with_name(f".{path.name}.tmp")
+    try:
+        partial.write_text(text)
+        os.replace(partial, path)
+    except OSError as error:
+        log.error("cannot record the ENIs in %s: %s", path, error.strerror)
 
 
 class EniGuard:
@@ -71,7 +104,9 @@ class EniGuard:
         marking = on_host if settings.mark_unmanaged is None else settings.mark_unmanaged
         self.marks = UnmanagedMarks(settings, marking)
         self.notify = tuple(notify)
-        self._enis: dict[str, EniConfig] = {}
+        self._known = Path(store.store.path).parent / KNOWN_FILE
+        # Compared with the first pool like any pool change: what left goes.
+        self._enis: dict[str, EniConfig] = _load_known(self._known)
         self._leaving: dict[str, EniConfig] = {}
         self._held_by: dict[str, int] = {}
         self._dropped_tables: set[int] = set()
@@ -94,6 +129,7 @@ class EniGuard:
                     del self._leaving[eni_id]
                 self.marks.mark(eni.mac)
             self._enis = wanted
+            self._remember()
             await self.datapath.setup(snapshot)
             await self.release_unused()
         self._notify()
@@ -119,6 +155,10 @@ class EniGuard:
         await self._check_pods()
         if changed:
             self._notify()
+
+    def _remember(self) -> None:
+        """Record the ENIs whose kernel state this node may hold (leaving ones too)."""
+        _save_known(self._known, (*self._enis.values(), *self._leaving.values()))
 
     def _notify(self) -> None:
         for listener in self.notify:
@@ -197,6 +237,7 @@ class EniGuard:
                 continue
             self.marks.unmark(eni.mac)
             del self._leaving[eni_id]
+            self._remember()
             self._held_by.pop(eni_id, None)
             log.info("ENI %s (%s) left the pool: torn down", eni_id, eni.mac)
         # A table the pool gives out again is no longer ours to empty.

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Key = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped objects
+_OBJECT_EVENTS = frozenset({"SYNC", "ADDED", "MODIFIED", "DELETED"})
 
 
 def _key(obj: dict[str, Any]) -> Key:
@@ -43,13 +44,8 @@ def _key(obj: dict[str, Any]) -> Key:
 
 class InformerCache(Generic[T]):
     """Objects of one informer by (namespace, name), each parsed once by `parse`
-    (None: skip it).
-
-    A re-list (after 410 Gone) replaces the whole cache, so an object deleted while
-    the watch was down does not linger: items of the list being read go into a fresh
-    map, which takes over once the informer counts the list as done. No lookup sees a
-    half-read list, because the informer delivers a whole list without yielding.
-    """
+    (None: leave it out). The informer reports an object deleted while it was not
+    watching once its re-list misses it, so the cache never keeps a vanished one."""
 
     def __init__(
         self, list_fn: ListFn, parse: Callable[[dict[str, Any]], T | None], **list_args: Any
@@ -57,46 +53,28 @@ class InformerCache(Generic[T]):
         self.parse = parse
         self.informer = Informer(list_fn, self._on_event, **list_args)
         self._items: dict[Key, T] = {}
-        self._fresh: dict[Key, T] = {}
-        self._filling = -1  # the list round `_fresh` belongs to
-        self._round = 0  # the list round `_items` is from
 
     @property
     def synced(self) -> asyncio.Event:
         return self.informer.synced
 
-    def _settle(self) -> None:
-        done = self.informer.relists
-        if done != self._round:
-            self._items = self._fresh if self._filling == done - 1 else {}
-            self._fresh, self._round = {}, done
-
     async def _on_event(self, kind: str, obj: dict[str, Any]) -> None:
-        key = _key(obj)
-        if kind == "SYNC":
-            if self._filling != self.informer.relists:
-                self._fresh, self._filling = {}, self.informer.relists
-            target = self._fresh
-        else:
-            self._settle()
-            target = self._items
+        if kind not in _OBJECT_EVENTS:
+            return  # ERROR carries a Status, not one of ours
         parsed = self.parse(obj) if kind != "DELETED" else None
         if parsed is None:
-            target.pop(key, None)
+            self._items.pop(_key(obj), None)
         else:
-            target[key] = parsed
+            self._items[_key(obj)] = parsed
 
     def get(self, namespace: str, name: str) -> T | None:
-        self._settle()
         return self._items.get((namespace, name))
 
     def values(self) -> list[T]:
-        self._settle()
         return list(self._items.values())
 
     def put(self, obj: dict[str, Any]) -> T | None:
         """Adds what a GET found; the watch's next event for it overrides it."""
-        self._settle()
         parsed = self.parse(obj)
         if parsed is not None:
             self._items[_key(obj)] = parsed
