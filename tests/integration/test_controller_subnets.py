@@ -298,14 +298,14 @@ async def test_vpcsubnet_status_tells_cidr_gateway_free_addresses_and_problems(
     # a node's pool hit the project's quota: every subnet is Exhausted until a
     # refresh that no new quota error precedes
     statuses.pool_failed(CloudError("add_fixed_ips", Kind.QUOTA, "Quota exceeded: port"))
-    await statuses.refresh(default)
+    await statuses.refresh()
     status = VPCSubnetStatus.model_validate((await objects.get(default))["status"])
     exhausted = _condition(status, "Exhausted")
     assert (exhausted.status, exhausted.reason) == ("True", "QuotaExceeded")
     assert "Quota exceeded" in exhausted.message
     assert _condition(status, "Ready").status == "False"
     assert await _events(kube_client, default, "QuotaExceeded")
-    await statuses.refresh(default)
+    await statuses.refresh()
     status = VPCSubnetStatus.model_validate((await objects.get(default))["status"])
     assert _condition(status, "Exhausted").status == "False"
     assert _condition(status, "Ready").status == "True"

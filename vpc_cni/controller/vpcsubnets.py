@@ -99,9 +99,11 @@ class VPCSubnetStatuses:
             await asyncio.sleep(self.resync_seconds)
 
     async def refresh(self, name: str | None = None) -> None:
-        """Refreshes one VPCSubnet, or all of them."""
-        quota, self.quota_problem = self.quota_problem, None
+        """Refreshes one VPCSubnet, or all of them (which also ends a quota
+        condition no new quota error renewed meanwhile)."""
+        quota = self.quota_problem
         if name is None:
+            self.quota_problem = None
             items, _ = await self.objects.list()
         else:
             found = await self.objects.get(name)
