@@ -14,9 +14,11 @@ import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from kubernetes_asyncio.client import ApiClient, CoreV1Api, V1ConfigMap
+from kubernetes_asyncio.client.exceptions import ApiException
 
-from tests.fixtures.kube import eventually
+from tests.fixtures.kube import KubeApi, eventually
 from vpc_cni.kube.watch import Informer
 
 
@@ -73,3 +75,20 @@ async def test_object_deleted_while_not_watching_is_reported_after_the_relist(
     async with following():
         await eventually(lambda: asyncio.sleep(0, informer.relists == 4 or None), "fourth list")
     assert seen == []
+
+
+async def test_a_refused_list_is_an_error_not_an_empty_list(kube_api: KubeApi) -> None:
+    denied = KubeApi(
+        kube_api.server, "not-a-token", kube_api.kubeconfig, kube_api.ca_cert, kube_api.etcd_url
+    )
+    seen: list[str] = []
+
+    async def on_event(kind: str, obj: dict[str, Any]) -> None:
+        seen.append(kind)
+
+    async with denied.api_client() as client:
+        informer = Informer(CoreV1Api(client).list_namespace, on_event)
+        with pytest.raises(ApiException) as refused:
+            await informer._list()
+    assert refused.value.status == 401
+    assert not informer.synced.is_set() and informer.relists == 0 and seen == []

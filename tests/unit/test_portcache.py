@@ -62,13 +62,14 @@ def test_a_newer_answer_restarts_the_age():
     assert cache.fresh("p1") == port(1)
 
 
-def test_replace_keeps_exactly_the_listed_ports():
+def test_clear_forgets_everything():
     cache = PortCache(30.0, Clock())
     cache.remember([port(1, "gone"), port(9, "p1")])
-    cache.replace([port(2, "p1"), port(1, "p2")])
+    cache.clear()
     assert cache.fresh("gone") is None
-    assert cache.fresh("p1").revision == 2  # the list is the truth, even if older
-    assert len(cache) == 2
+    cache.remember([port(2, "p1")])  # an older revision is taken after a clear
+    assert cache.fresh("p1").revision == 2
+    assert len(cache) == 1
 
 
 def test_forget_and_zero_age():

@@ -53,10 +53,8 @@ class PortCache:
     def forget(self, port_id: str) -> None:
         self._ports.pop(port_id, None)
 
-    def replace(self, ports: Iterable[Port]) -> None:
-        """Everything known is exactly ``ports`` (a priming list at leader start)."""
+    def clear(self) -> None:
         self._ports.clear()
-        self.remember(ports)
 
     def __len__(self) -> int:
         return len(self._ports)

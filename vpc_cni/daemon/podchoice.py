@@ -38,7 +38,7 @@ from vpc_cni.daemon.selection import (
     owner_is,
     static_claimant,
 )
-from vpc_cni.kube.events import record_event
+from vpc_cni.kube.events import DAEMON, record_event
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,11 @@ class PodEvents:
     an ADD, and a pod whose ADD the runtime retries every few seconds gets one Event
     per reason and message a minute, not one per retry."""
 
-    def __init__(self, core: CoreV1Api, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, core: CoreV1Api, node_name: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.core = core
+        self.node_name = node_name
         self._clock = clock
         self._recent: dict[tuple[str, str, str, str], float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -96,7 +99,11 @@ class PodEvents:
             name=want.pod.name,
             uid=want.pod.uid,
         )
-        task = asyncio.create_task(record_event(self.core, involved, reason, message, kind))
+        task = asyncio.create_task(
+            record_event(
+                self.core, involved, reason, message, kind, component=DAEMON, host=self.node_name
+            )
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -111,7 +118,7 @@ class PodChoices:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.info = info
-        self.events = PodEvents(info.core)
+        self.events = PodEvents(info.core, info.node_name)
         self.static_wait_seconds = static_wait_seconds
         self._clock = clock
         self._first_wait: dict[tuple[str, str], float] = {}

@@ -120,6 +120,7 @@ class PodInfo:
     """The caches one node's daemon needs for per-pod choices; `run` keeps them fresh."""
 
     def __init__(self, client: ApiClient, node_name: str) -> None:
+        self.node_name = node_name
         self.core = CoreV1Api(client)
         custom = CustomObjectsApi(client)
         self.pods = InformerCache(

@@ -18,7 +18,8 @@ from kubernetes_asyncio.client import (
 )
 
 log = logging.getLogger(__name__)
-COMPONENT = "vpc-cni-controller"
+CONTROLLER = "vpc-cni-controller"
+DAEMON = "vpc-cni-daemon"
 CLUSTER_EVENTS_NAMESPACE = "default"  # Events about cluster-scoped objects live here
 
 
@@ -28,8 +29,11 @@ async def record_event(
     reason: str,
     message: str,
     kind: Literal["Normal", "Warning"] = "Warning",
+    component: str = CONTROLLER,
+    host: str | None = None,
 ) -> None:
-    """One Event about ``involved``, in its namespace (``default`` for cluster objects)."""
+    """One Event about ``involved``, in its namespace (``default`` for cluster objects);
+    ``component`` and ``host`` say who wrote it, as `kubectl describe` shows."""
     namespace = involved.namespace or CLUSTER_EVENTS_NAMESPACE
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     body = V1Event(
@@ -38,7 +42,7 @@ async def record_event(
         reason=reason,
         message=message[:1000],
         type=kind,
-        source=V1EventSource(component=COMPONENT),
+        source=V1EventSource(component=component, host=host),
         first_timestamp=now,
         last_timestamp=now,
         count=1,

@@ -68,6 +68,10 @@ class Informer:
         # raw JSON, as watch events carry it: one shape (camelCase) for every consumer
         response = await self.list_fn(**self.list_args, _preload_content=False)
         try:
+            # a raw response skips the client's status check: an error Status (401,
+            # 403, 500) would otherwise read as an empty list and delete everything
+            if not 200 <= response.status <= 299:
+                raise ApiException(status=response.status, reason=response.reason)
             result = await response.json()
         finally:
             response.release()
