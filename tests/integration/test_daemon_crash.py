@@ -8,12 +8,11 @@ nodes keeps running: the datapath is kernel state and must not notice the daemon
 
 from __future__ import annotations
 
-import re
 import signal
 import subprocess
 import threading
 from collections.abc import Callable
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from tests.fixtures.daemon import (
     pod_addresses,
 )
 from tests.fixtures.netns import wait_for
+from tests.fixtures.ping import BackgroundPing, background_ping_fixture  # noqa: F401
 from vpc_cni.datapath import host_ifname
 from vpc_cni.lab.topology import Node
 
@@ -46,28 +46,11 @@ def assert_kernel_matches_store(node: Node, daemon: DaemonProcess, pods: dict[st
         assert pod_addresses(netns) == expected, container
 
 
-class Ping:
-    """A ping running in a pod until stopped; reports transmitted and received."""
-
-    def __init__(self, netns: str, target: str) -> None:
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", Path(netns).name, "ping", "-n", "-i", "0.05", target],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-
-    def stop(self) -> tuple[int, int]:
-        self.proc.send_signal(signal.SIGINT)
-        out, _ = self.proc.communicate(timeout=60)
-        found = re.search(r"(\d+) packets transmitted, (\d+) received", out)
-        assert found, out
-        return int(found.group(1)), int(found.group(2))
-
-
 @pytest.mark.parametrize("failpoint", ["after-store-commit", "mid-netlink", "after-netlink"])
 def test_kill_at_failpoint_then_restart(
-    cluster_factory: Callable[..., Cluster], failpoint: str
+    cluster_factory: Callable[..., Cluster],
+    background_ping: Callable[[str, IPv4Address, float], BackgroundPing],
+    failpoint: str,
 ) -> None:
     cluster = cluster_factory(pool_size=12)
     node, daemon = cluster.node(0)
@@ -78,8 +61,8 @@ def test_kill_at_failpoint_then_restart(
     here = cluster.cni.call("ADD", conf, "steady", pods["steady"])
     there = cluster.cni.call("ADD", other_conf, "remote", remote)
     assert here.code == there.code == 0, (here.stdout, there.stdout)
-    target = str(IPv4Interface(there.json["ips"][0]["address"]).ip)
-    ping = Ping(pods["steady"], target)
+    target = IPv4Interface(there.json["ips"][0]["address"]).ip
+    ping = background_ping(pods["steady"], target, 0.05)
     try:
         # The first replies prove the path works before anything is killed.
         back = str(IPv4Interface(here.json["ips"][0]["address"]).ip)
@@ -125,8 +108,8 @@ def test_kill_at_failpoint_then_restart(
         # Keep pinging a little past the restart, then count.
         wait_for(lambda: "ADD ok" in daemon.log().rsplit("serving CNI", 1)[-1], "a served ADD")
     finally:
-        transmitted, received = ping.stop()
-    print(f"{failpoint}: ping {transmitted} sent, {transmitted - received} lost")
-    assert transmitted > 20
+        count = ping.stop()
+    print(f"{failpoint}: ping {count.transmitted} sent, {count.lost} lost")
+    assert count.transmitted > 20
     # Only the echo in flight when ping was stopped may go unanswered.
-    assert transmitted - received <= 1
+    assert count.lost <= 1

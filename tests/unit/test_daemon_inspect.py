@@ -15,7 +15,7 @@ from typing import Any, cast
 import pytest
 from rich.console import Console
 
-from vpc_cni.daemon.config import PoolConfig
+from tests.unit.pools import one_eni_pool
 from vpc_cni.daemon.inspect import InspectServer
 from vpc_cni.daemon.inspect_state import NodeInspector, pool_rows
 from vpc_cni.daemon.inspect_view import RENDERERS, age
@@ -29,26 +29,7 @@ ADDRESSES = [IPv4Address(f"10.0.1.{i}") for i in range(1, 6)]
 
 
 def snapshot(withheld: frozenset[IPv4Address] = frozenset()) -> PoolSnapshot:
-    pool = PoolConfig.model_validate(
-        {
-            "enis": [
-                {
-                    "id": "eni-a",
-                    "mac": "fa:16:3e:00:00:01",
-                    "primaryIp": "10.0.0.10/16",
-                    "subnets": [
-                        {
-                            "id": "subnet-a",
-                            "cidr": "10.0.0.0/16",
-                            "gateway": "10.0.0.1",
-                            "routeTable": 101,
-                            "addresses": [str(a) for a in ADDRESSES],
-                        }
-                    ],
-                }
-            ]
-        }
-    )
+    pool = one_eni_pool(ADDRESSES)
     return PoolSnapshot(pool, withheld=withheld)
 
 

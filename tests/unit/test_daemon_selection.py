@@ -13,8 +13,8 @@ from typing import Any, cast
 
 import pytest
 
+from tests.unit.pools import FakeClock
 from tests.unit.test_daemon_nodenetwork import spec
-from tests.unit.test_store import FakeClock
 from vpc_cni.cni.errors import ErrorCode
 from vpc_cni.daemon.demand import SubnetDemands
 from vpc_cni.daemon.nodenetwork import snapshot_from_spec
@@ -272,7 +272,9 @@ async def test_informer_cache_follows_events_and_gets() -> None:
 
 
 def test_address_wait_is_short_per_request_and_bounded_per_pod(clock: FakeClock) -> None:
-    choices = PodChoices(cast(PodInfo, SimpleNamespace(core=None)), 12.0, clock=clock)
+    choices = PodChoices(
+        cast(PodInfo, SimpleNamespace(core=None, node_name="node-a")), 12.0, clock=clock
+    )
     want = Want(pod(), "shop", wish=AddressWish(STATIC, "shop/s0"))
     start = clock.now
     assert choices.wait_deadline(want, STATIC) == start + IN_REQUEST_WAIT

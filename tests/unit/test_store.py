@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vpc_cni.daemon.config import PoolConfig
+from tests.unit.pools import FakeClock, one_eni_pool
 from vpc_cni.daemon.pool import PoolAddress, PoolSnapshot
 from vpc_cni.daemon.store import (
     DB_NAME,
@@ -25,37 +25,8 @@ from vpc_cni.daemon.store import (
 )
 
 
-class FakeClock:
-    """Time that only moves when the test says so (cooldown is about time)."""
-
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def make_pool(count: int) -> list[PoolAddress]:
-    pool = PoolConfig.model_validate(
-        {
-            "enis": [
-                {
-                    "id": "eni-a",
-                    "mac": "fa:16:3e:00:00:01",
-                    "primaryIp": "10.0.0.10/16",
-                    "subnets": [
-                        {
-                            "id": "subnet-a",
-                            "cidr": "10.0.0.0/16",
-                            "gateway": "10.0.0.1",
-                            "routeTable": 101,
-                            "addresses": [f"10.0.1.{i + 1}" for i in range(count)],
-                        }
-                    ],
-                }
-            ]
-        }
-    )
+    pool = one_eni_pool(f"10.0.1.{i + 1}" for i in range(count))
     return PoolSnapshot(pool).addresses()
 
 

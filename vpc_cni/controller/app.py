@@ -116,6 +116,7 @@ class Controller:
         name = obj["metadata"]["name"]
         if kind == "DELETED":
             self.nodes.discard(name)
+            self.pools.forget(name)
             for state in ADDRESS_STATES:
                 with contextlib.suppress(KeyError):  # never reported
                     NODE_ADDRESSES.remove(name, state)

@@ -143,6 +143,11 @@ class NodePools:
         # only: a new leader restarts the clocks, which merely delays a release
         self.idle_since: dict[tuple[str, str], float] = {}
 
+    def forget(self, node: str) -> None:
+        """Drops the idle clocks of a node that is gone."""
+        for key in [k for k in self.idle_since if k[0] == node]:
+            del self.idle_since[key]
+
     async def default_subnet(self) -> SubnetInfo:
         items, _ = await self.vpcsubnets.list()
         return await self.subnets.get(_default_of(items)["spec"]["subnetID"])

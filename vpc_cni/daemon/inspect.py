@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vpc_cni.daemon.inspect_state import NodeInspector
-from vpc_cni.daemon.server import peer_credentials, start_private_unix_server
+from vpc_cni.daemon.server import PrivateUnixServer, peer_credentials
 from vpc_cni.datapath import DatapathError
 
 log = logging.getLogger(__name__)
@@ -30,23 +30,12 @@ def default_inspect_socket(cni_socket: Path) -> Path:
     return cni_socket.parent / SOCKET_NAME
 
 
-class InspectServer:
+class InspectServer(PrivateUnixServer):
     """Answers one view per connection from the inspector."""
 
     def __init__(self, path: Path, inspector: NodeInspector) -> None:
-        self.path = path
+        super().__init__(path)
         self.inspector = inspector
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> None:
-        self._server = await start_private_unix_server(self.path, self._serve)
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        self.path.unlink(missing_ok=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -162,12 +162,12 @@ async def start_private_unix_server(
     return server
 
 
-class CniServer:
-    """Accepts connections on the unix socket and answers each with one reply."""
+class PrivateUnixServer:
+    """A root-only unix socket whose connections `_serve` answers; the CNI socket and
+    the inspection socket differ only in that."""
 
-    def __init__(self, path: Path, handler: Handler) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self._handler = handler
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -179,6 +179,17 @@ class CniServer:
             await self._server.wait_closed()
             self._server = None
         self.path.unlink(missing_ok=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class CniServer(PrivateUnixServer):
+    """Accepts connections on the unix socket and answers each with one reply."""
+
+    def __init__(self, path: Path, handler: Handler) -> None:
+        super().__init__(path)
+        self._handler = handler
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
