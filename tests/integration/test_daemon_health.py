@@ -72,11 +72,17 @@ async def test_readiness_goes_with_the_watch_and_comes_back(
     samples = scrape(env)
     assert sample(samples, "vpccni_ready") == 0
     assert sample(samples, "vpccni_nodenetwork_watch_connected") == 0
-    status = vpcctl("node", "status", "--json", "--socket", str(inspect_socket(env.daemon)))
-    assert status.returncode == 3, status.stderr
-    assert json.loads(status.stdout)["problems"] == [
-        "the NodeNetwork watch is not connected to the apiserver"
+    every_watch = [
+        "watches not connected to the apiserver: "
+        "NodeNetwork, pods, namespaces, VPCSubnets, StaticIPs"
     ]
+
+    def every_watch_reported() -> bool:
+        status = vpcctl("node", "status", "--json", "--socket", str(inspect_socket(env.daemon)))
+        assert status.returncode == 3, status.stderr
+        return bool(json.loads(status.stdout)["problems"] == every_watch)
+
+    await until(every_watch_reported, "every watch reported cut off")
 
     proxy_to_api.start()
     await until(env.ready_file.exists, "readiness to come back with the watch")

@@ -92,12 +92,15 @@ async def run_daemon(config: DaemonConfig, config_path: Path, failpoints: Failpo
             client = await kube_client(config.pool.kubeconfig)
             source = NodeNetworkPoolSource(client, config.pool.node_name)
             metrics.NODENETWORK_RELISTS.set_function(lambda: source.informer.relists)
-            readiness.follow_watch(source.informer)
+            metrics.NODENETWORK_WATCH_CONNECTED.set_function(lambda: int(source.informer.connected))
+            readiness.follow_watch("NodeNetwork", source.informer)
             tasks.append(asyncio.create_task(source.run()))
             if not await _synced(source, stop):
                 return
             pool, write = source, _status_writer(source)
             choices = PodChoices(PodInfo(client, config.pool.node_name), config.static_wait_seconds)
+            for what, informer in choices.info.informers().items():
+                readiness.follow_watch(what, informer)
             tasks.append(asyncio.create_task(choices.info.run()))
         else:
             pool = FilePoolSource(config_path, config.pool)

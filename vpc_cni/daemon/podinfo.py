@@ -152,6 +152,11 @@ class PodInfo:
     def synced(self) -> bool:
         return all(cache.synced.is_set() for cache in self._caches)
 
+    def informers(self) -> dict[str, Informer]:
+        """The watches behind the caches, by what they follow (for readiness)."""
+        names = ("pods", "namespaces", "VPCSubnets", "StaticIPs")
+        return {name: cache.informer for name, cache in zip(names, self._caches, strict=True)}
+
     async def run(self) -> None:
         await asyncio.gather(*(cache.informer.run() for cache in self._caches))
 

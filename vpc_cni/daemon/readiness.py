@@ -1,8 +1,9 @@
 """Whether the node daemon is ready, kept in `readyFile` and the `vpccni_ready` gauge.
 
 Ready means a pod scheduled here now would get an address and a datapath: the CNI
-socket is open, the NodeNetwork watch follows the apiserver (a daemon cut off from
-it hands out a pool the controller may be taking back), and every ENI is set up.
+socket is open, the watches follow the apiserver (a daemon cut off from it hands
+out a pool the controller may be taking back, and decides subnets and fixed
+addresses from stale pods, VPCSubnets and StaticIPs), and every ENI is set up.
 Each input calls `update` when it changes, so readiness flips back by itself once
 the problem is gone.
 """
@@ -26,13 +27,12 @@ class Readiness:
         self.ready_file = ready_file
         self.datapath = datapath
         self.serving = False
-        self._watch: Informer | None = None
+        self._watches: dict[str, Informer] = {}
         self._reported: list[str] | None = None
 
-    def follow_watch(self, informer: Informer) -> None:
+    def follow_watch(self, what: str, informer: Informer) -> None:
         """Readiness also needs this informer connected (cluster mode)."""
-        self._watch = informer
-        metrics.NODENETWORK_WATCH_CONNECTED.set_function(lambda: int(informer.connected))
+        self._watches[what] = informer
         informer.on_health = lambda _connected: self.update()
 
     def problems(self) -> list[str]:
@@ -40,8 +40,9 @@ class Readiness:
         found = []
         if not self.serving:
             found.append("the CNI socket is not open")
-        if self._watch is not None and not self._watch.connected:
-            found.append("the NodeNetwork watch is not connected to the apiserver")
+        cut = [what for what, informer in self._watches.items() if not informer.connected]
+        if cut:
+            found.append(f"watches not connected to the apiserver: {', '.join(cut)}")
         broken = self.datapath.broken_enis()
         if broken:
             found.append(f"ENIs not set up: {', '.join(sorted(broken))}")
