@@ -25,6 +25,7 @@ from tests.fixtures.cluster_node import (
     condition_message,
     free_port,
     in_use,
+    node_spec,
 )
 from tests.fixtures.daemon import pod_addresses
 from tests.fixtures.kube import KubeApi, eventually
@@ -222,3 +223,24 @@ async def test_not_ready_until_the_nodenetwork_is_listed(
     await starting
     wait_for(env.ready_file.exists, "readiness once the NodeNetwork is listed")
     assert env.added("p0") == env.node.pool[0]
+
+
+async def test_a_node_without_nodenetwork_waits_quietly_then_follows_it(
+    kube_api: KubeApi, cluster_node_factory: Callable[..., Awaitable[ClusterNode]]
+) -> None:
+    env = await cluster_node_factory(kube_api, addresses=2)
+    await env.nodenetworks.delete(env.node.name)
+    env.daemon.start()
+    wait_for(env.ready_file.exists, "readiness with an empty pool")
+    for pod in ("p0", "p1", "p2"):  # each request tries to write status
+        refused = env.add(pod)
+        assert refused.code == 1 and refused.json["code"] == 11, refused.stdout
+    wait_for(lambda: "does not exist yet" in env.daemon.log(), "the missing NodeNetwork noted")
+    assert env.daemon.log().count("does not exist yet") == 1
+    assert "status not written" not in env.daemon.log()
+
+    # the controller creates it: the pool follows and status is written
+    await env.nodenetworks.create(env.node.name, node_spec(env.node, list(env.node.pool[:2])))
+    await env.status_when(lambda s: s.eni_count == 1, "status once the NodeNetwork exists")
+    assert env.added("p0") == env.node.pool[0]
+    await env.status_when(lambda s: s.used_count == 1, "the ADD in status")

@@ -150,6 +150,7 @@ class StatusReporter:
         self._dirty = asyncio.Event()
         self._written: NodeNetworkStatus | None = None
         self._conditions: dict[str, Condition] = {}
+        self._missing = False
 
     def poke(self) -> None:
         self._dirty.set()
@@ -198,12 +199,20 @@ class StatusReporter:
         try:
             await self.write(status.wire())
         except ApiException as error:
+            if error.status == 404:
+                # no NodeNetwork yet: the controller creates it; the next refresh or
+                # poke writes status then, without a warning every second until
+                if not self._missing:
+                    log.info("NodeNetwork does not exist yet; status follows once it does")
+                self._missing = True
+                return True
             log.warning("NodeNetwork status not written, retrying: %s %s", error.status, error.body)
             return False
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
             log.warning("NodeNetwork status not written, retrying: %s", error)
             return False
         self._written = status
+        self._missing = False
         metrics.STATUS_PATCHES.inc()
         return True
 
