@@ -75,15 +75,11 @@ class SpecError(ValueError):
 
 
 def owner_pod_name(owner: StaticIPOwner) -> str:
-    """The one pod a StaticIP belongs to: named, or ``<statefulSet>-<ordinal>``."""
-    by_set = owner.stateful_set is not None or owner.ordinal is not None
-    if owner.pod and by_set:
-        raise SpecError("owner: give either pod or statefulSet with ordinal, not both")
-    if owner.pod:
-        return owner.pod
-    if owner.stateful_set and owner.ordinal is not None:
-        return f"{owner.stateful_set}-{owner.ordinal}"
-    raise SpecError("owner: needs pod, or statefulSet together with ordinal")
+    """The owner's pod name (StaticIPOwner.pod_name), a SpecError when it names none."""
+    try:
+        return owner.pod_name()
+    except ValueError as error:
+        raise SpecError(str(error)) from None
 
 
 def statefulset_member(pod: V1Pod) -> tuple[str, int] | None:

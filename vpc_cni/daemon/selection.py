@@ -159,12 +159,12 @@ def choose_subnet(
 
 
 def owner_is(owner: StaticIPOwner, pod_name: str) -> bool:
-    """A StaticIP belongs to the pod it names, or to `<statefulSet>-<ordinal>`."""
-    if owner.pod is not None:
-        return owner.pod == pod_name
-    if owner.stateful_set and owner.ordinal is not None:
-        return pod_name == f"{owner.stateful_set}-{owner.ordinal}"
-    return False
+    """A StaticIP belongs to the pod its owner names (StaticIPOwner.pod_name); one
+    whose owner names no pod belongs to none."""
+    try:
+        return owner.pod_name() == pod_name
+    except ValueError:
+        return False
 
 
 def explicit_address(pod: Labelled, namespace: str) -> IPv4Address | None:

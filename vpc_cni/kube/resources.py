@@ -119,6 +119,19 @@ class StaticIPOwner(_Model):
     stateful_set: str | None = Field(default=None, alias="statefulSet")
     ordinal: int | None = Field(default=None, ge=0)
 
+    def pod_name(self) -> str:
+        """The one pod a StaticIP belongs to: named, or ``<statefulSet>-<ordinal>``;
+        ValueError says what is missing or given twice (controller and daemon must
+        agree on this rule, so it lives here)."""
+        by_set = self.stateful_set is not None or self.ordinal is not None
+        if self.pod and by_set:
+            raise ValueError("owner: give either pod or statefulSet with ordinal, not both")
+        if self.pod:
+            return self.pod
+        if self.stateful_set and self.ordinal is not None:
+            return f"{self.stateful_set}-{self.ordinal}"
+        raise ValueError("owner: needs pod, or statefulSet together with ordinal")
+
 
 class StaticIPSpec(_Model):
     address: IPv4Address | None = None
