@@ -5,9 +5,7 @@ demand bookkeeping and the informer cache."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -180,18 +178,6 @@ def test_static_addresses_are_located_but_never_offered() -> None:
     assert snapshot.locate(OUTSIDE) is None, "in no subnet of its ENI: no gateway for it"
     assert snapshot.subnet_holding(IPv4Address("10.0.1.99")) is not None
     assert snapshot.subnet_holding(OUTSIDE) is None
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def store(tmp_path: Path, clock: FakeClock) -> Iterator[Store]:
-    made = Store(tmp_path, clock=clock)
-    yield made
-    made.close()
 
 
 def test_exact_allocation_held_cooling_and_static_exemption(store: Store, clock: FakeClock) -> None:

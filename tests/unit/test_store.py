@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -32,18 +31,6 @@ def make_pool(count: int) -> list[PoolAddress]:
 
 def key(n: int, network: str = "net") -> AllocationKey:
     return AllocationKey(network, f"c{n}", "eth0")
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def store(tmp_path: Path, clock: FakeClock) -> Iterator[Store]:
-    s = Store(tmp_path, clock=clock)
-    yield s
-    s.close()
 
 
 def test_allocation_is_pending_then_ready_and_persists(tmp_path: Path, store: Store) -> None:
