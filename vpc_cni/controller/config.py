@@ -39,6 +39,7 @@ class ControllerConfig(BaseModel):
         alias="onDemandWatermarks",
     )
     on_demand_idle_seconds: float = Field(default=600.0, alias="onDemandIdleSeconds", ge=0)
+    growth_window_seconds: float = Field(default=60.0, alias="growthWindowSeconds", gt=0)
     max_enis_per_node: int = Field(default=4, alias="maxEnisPerNode", ge=1)
     max_addresses_per_eni: int = Field(default=32, alias="maxAddressesPerEni", ge=1)
     route_table_base: int = Field(default=100, alias="routeTableBase", ge=1)

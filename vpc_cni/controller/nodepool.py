@@ -137,7 +137,7 @@ class NodePools:
         self.ports = ports
         self.servers = servers
         self.subnets = subnets
-        self.growth = Growth()
+        self.growth = Growth(window=config.growth_window_seconds)
         self.clock = clock
         # (node, subnet id) -> when an on-demand pool was first seen unused; memory
         # only: a new leader restarts the clocks, which merely delays a release
