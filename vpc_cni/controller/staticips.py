@@ -381,7 +381,9 @@ class StaticIPs:
     async def _reservation_port(self, obj: dict[str, Any], work: _Work) -> Port | None:
         if work.reservation_port_id:
             try:
-                return await self.ports.get(work.reservation_port_id)
+                # read from Neutron, not the cache: the reservation is the address's
+                # one owner, and a port deleted behind our back must be seen at once
+                return await self.ports.get(work.reservation_port_id, fresh=True)
             except CloudError as exc:
                 if exc.kind is not Kind.NOT_FOUND:
                     raise
