@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from tests.fixtures.controller import ControllerEnv
 from tests.fixtures.netns import wait_for
 from tests.fixtures.neutron import NeutronNet
 from vpc_cni.cloud.tags import OWNER, cluster_tag, primary_tag
+from vpc_cni.controller.nodepool import SubnetInfos
 from vpc_cni.datapath.netns import run_in_netns
 from vpc_cni.datapath.rtnl import link_by_mac, rtnl
 
@@ -133,3 +136,16 @@ async def test_a_write_racing_another_writer_is_redone_not_lost(ctl: ControllerE
     stored = await ctl.spec()
     assert [str(a) for a in stored.enis[0].static_addresses] == [static]
     assert len(stored.enis[0].subnets[0].addresses) == 12  # as in test_growth_is_one_batch
+
+
+async def test_concurrent_lookups_of_a_subnet_share_one_neutron_read(
+    ctl: ControllerEnv, neutron_net: NeutronNet
+):
+    subnets = SubnetInfos(ctl.ports.conn, ctl.ports.call)
+    reads = f"/v2.0/subnets/{neutron_net.a.id}"
+    before = sum(1 for c in ctl.proxy.calls if c.method == "GET" and c.path.startswith(reads))
+    infos = await asyncio.gather(*(subnets.get(neutron_net.a.id) for _ in range(4)))
+    assert {(i.id, str(i.cidr)) for i in infos} == {(neutron_net.a.id, str(neutron_net.a.cidr))}
+    await subnets.get(neutron_net.a.id)  # known by now: no read at all
+    after = sum(1 for c in ctl.proxy.calls if c.method == "GET" and c.path.startswith(reads))
+    assert after - before == 1

@@ -15,6 +15,7 @@ The order of every step makes a crash at any point harmless:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -75,27 +76,41 @@ def instance_id_of(provider_id: str | None) -> str | None:
 
 class SubnetInfos:
     """Neutron subnet facts (CIDR, gateway, network MTU) never change under a subnet
-    id, so each is fetched once."""
+    id, so each is fetched once; workers asking at the same time (every node wants
+    the default subnet at start) share the one lookup in flight."""
 
     def __init__(self, conn: Connection, call: CloudCaller) -> None:
         self.conn = conn
         self.call = call
         self._known: dict[str, SubnetInfo] = {}
+        self._fetching: dict[str, asyncio.Future[SubnetInfo]] = {}
 
     async def get(self, subnet_id: str) -> SubnetInfo:
-        if subnet_id not in self._known:
-            subnet = await self.call("get_subnet", lambda: self.conn.network.get_subnet(subnet_id))
-            network = await self.call(
-                "get_network", lambda: self.conn.network.get_network(subnet.network_id)
-            )
-            self._known[subnet_id] = SubnetInfo(
-                id=subnet.id,
-                network_id=subnet.network_id,
-                cidr=IPv4Network(subnet.cidr),
-                gateway=IPv4Address(subnet.gateway_ip),
-                mtu=network.mtu or 1500,
-            )
-        return self._known[subnet_id]
+        if subnet_id in self._known:
+            return self._known[subnet_id]
+        fetching = self._fetching.get(subnet_id)
+        if fetching is None:
+            fetching = asyncio.ensure_future(self._fetch(subnet_id))
+            self._fetching[subnet_id] = fetching
+            fetching.add_done_callback(lambda _: self._fetching.pop(subnet_id, None))
+        # shielded: a waiter cancelled (its reconcile stopped) leaves the lookup to
+        # the others; a failed lookup fails them all and the next call tries again
+        return await asyncio.shield(fetching)
+
+    async def _fetch(self, subnet_id: str) -> SubnetInfo:
+        subnet = await self.call("get_subnet", lambda: self.conn.network.get_subnet(subnet_id))
+        network = await self.call(
+            "get_network", lambda: self.conn.network.get_network(subnet.network_id)
+        )
+        info = SubnetInfo(
+            id=subnet.id,
+            network_id=subnet.network_id,
+            cidr=IPv4Network(subnet.cidr),
+            gateway=IPv4Address(subnet.gateway_ip),
+            mtu=network.mtu or 1500,
+        )
+        self._known[subnet_id] = info
+        return info
 
 
 @dataclass(frozen=True)
