@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
@@ -20,8 +20,6 @@ from kubernetes_asyncio.client import (
     V1Container,
     V1DeleteOptions,
     V1LabelSelector,
-    V1Node,
-    V1NodeSpec,
     V1ObjectMeta,
     V1OwnerReference,
     V1Pod,
@@ -31,18 +29,21 @@ from kubernetes_asyncio.client import (
     V1StatefulSetSpec,
 )
 
+from tests.fixtures import controller_run
 from tests.fixtures.cloud_proxy import Call
 from tests.fixtures.controller import ControllerEnv
+from tests.fixtures.controller_run import AddNode
 from tests.fixtures.kube import eventually
-from tests.fixtures.neutron import Cloud, Neutron, NeutronNet
+from tests.fixtures.neutron import Neutron, NeutronNet
 from vpc_cni.cloud.errors import CloudError, Kind
-from vpc_cni.cloud.tags import node_tag
 from vpc_cni.controller.staticip_watch import StaticIPWatch
 from vpc_cni.controller.staticips import FINALIZER, StaticIPs, rfc3339
 from vpc_cni.kube.custom import CustomObjects
 from vpc_cni.kube.resources import Eni, NodeNetworkSpec, StaticIPSpec, StaticIPStatus
 
 pytestmark = pytest.mark.root
+# fixture shared with the other controller test modules (tests/conftest.py is not ours)
+add_node = controller_run.add_node
 
 
 class Clock:
@@ -141,33 +142,9 @@ def touches(calls: list[Call], port_id: str) -> list[Call]:
 
 
 @pytest.fixture
-async def second_node(
-    ctl: ControllerEnv,
-    kube_client: ApiClient,
-    neutron: Neutron,
-    cloud: Cloud,
-    make_netns: Callable[[str], str],
-    prefix: str,
-) -> AsyncIterator[str]:
-    """A second node like ctl's, its ENIs detached and deleted afterwards."""
-    node = f"{prefix}-n2"
-    neutron.register_agents([node])
-    server = cloud.nova.register_server(node, make_netns("n2"))
-    core = CoreV1Api(kube_client)
-    await core.create_node(
-        V1Node(
-            metadata=V1ObjectMeta(name=node),
-            spec=V1NodeSpec(provider_id=f"openstack:///{server.id}"),
-        )
-    )
-    try:
-        yield node
-    finally:
-        for port in await ctl.ports.list(tags=[node_tag(node)]):
-            await ctl.servers.detach(server.id, port.id)
-            await ctl.ports.delete(port.id)
-        await ctl.nodenetworks.delete(node)
-        await core.delete_node(node)
+async def second_node(add_node: AddNode) -> str:
+    """A second node like ctl's, its ENIs detached afterwards (ctl deletes the ports)."""
+    return await add_node("n2")
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ resourceVersion (how both resume after a restart without replaying history).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,9 +19,8 @@ from kubernetes_asyncio.client import (
     V1ConfigMap,
 )
 from kubernetes_asyncio.client.exceptions import ApiException
-from kubernetes_asyncio.watch import Watch
 
-from tests.fixtures.kube import API_WAIT, eventually
+from tests.fixtures.kube import config_map_events, eventually
 
 MERGE_PATCH = "application/merge-patch+json"
 VERSION = "v1"
@@ -154,16 +152,5 @@ async def test_watch_resumed_from_resource_version_sees_only_later_events(
     await core.patch_namespaced_config_map("a", kube_namespace, {"data": {"n": "2"}})
     await core.delete_namespaced_config_map("b", kube_namespace)
 
-    seen: list[tuple[str, str]] = []
-    async with asyncio.timeout(API_WAIT), Watch() as watch:
-        stream = watch.stream(
-            core.list_namespaced_config_map,
-            kube_namespace,
-            resource_version=resume_from,
-            timeout_seconds=int(API_WAIT),
-        )
-        async for event in stream:
-            seen.append((event["type"], event["object"].metadata.name))
-            if len(seen) == 3:
-                break
+    seen = await config_map_events(core, kube_namespace, resume_from, 3)
     assert seen == [("ADDED", "b"), ("MODIFIED", "a"), ("DELETED", "b")]

@@ -12,9 +12,8 @@ import asyncio
 import pytest
 from kubernetes_asyncio.client import CoreV1Api, V1ConfigMap
 from kubernetes_asyncio.client.exceptions import ApiException
-from kubernetes_asyncio.watch import Watch
 
-from tests.fixtures.kube import API_WAIT, KubeApi
+from tests.fixtures.kube import KubeApi, config_map_events
 
 
 async def compact(etcd_url: str, revision: str) -> None:
@@ -27,16 +26,10 @@ async def compact(etcd_url: str, revision: str) -> None:
 
 
 async def first_event(core: CoreV1Api, namespace: str, resource_version: str) -> tuple[str, str]:
-    async with asyncio.timeout(API_WAIT), Watch() as watch:
-        stream = watch.stream(
-            core.list_namespaced_config_map,
-            namespace,
-            resource_version=resource_version,
-            timeout_seconds=int(API_WAIT),
-        )
-        async for event in stream:
-            return event["type"], event["object"].metadata.name
-    raise AssertionError("watch ended without an event")
+    events = await config_map_events(core, namespace, resource_version, 1)
+    if not events:
+        raise AssertionError("watch ended without an event")
+    return events[0]
 
 
 async def test_watch_from_compacted_revision_gets_410(kube_api_uncached: KubeApi) -> None:

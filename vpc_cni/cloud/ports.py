@@ -20,7 +20,7 @@ port after the write, so a node whose pool keeps growing pays one call per batch
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
@@ -234,6 +234,23 @@ class Ports:
         update; returns the addresses that are new on the port."""
         wanted = [{"subnet_id": subnet_id, "ip_address": str(a)} for a in explicit]
         wanted += [{"subnet_id": subnet_id}] * count
+        before, after = await self._add_fixed_ips(port_id, wanted, seen)
+        return sorted(set(after.addresses()) - set(before.addresses()))
+
+    async def add_in_subnets(
+        self, port_id: str, counts: Mapping[str, int], seen: Port | None = None
+    ) -> dict[str, set[IPv4Address]]:
+        """Adds ``counts[subnet]`` Neutron-picked addresses of each subnet in one
+        update (one PUT for all of an ENI's subnets); returns the addresses new on
+        the port, per subnet."""
+        wanted = [{"subnet_id": s} for s, count in counts.items() for _ in range(count)]
+        before, after = await self._add_fixed_ips(port_id, wanted, seen)
+        return {s: set(after.addresses(s)) - set(before.addresses(s)) for s in counts}
+
+    async def _add_fixed_ips(
+        self, port_id: str, wanted: list[dict[str, str]], seen: Port | None
+    ) -> tuple[Port, Port]:
+        """Appends the ``wanted`` fixed_ips entries the port does not hold yet."""
 
         def change(port: Port) -> dict[str, Any] | None:
             held = set(port.addresses())
@@ -242,8 +259,7 @@ class Ports:
                 return None
             return {"fixed_ips": _fixed_ips_body(port.fixed_ips) + todo}
 
-        before, after = await self._compare_and_swap("add_fixed_ips", port_id, change, seen)
-        return sorted(set(after.addresses()) - set(before.addresses()))
+        return await self._compare_and_swap("add_fixed_ips", port_id, change, seen)
 
     async def remove_addresses(
         self, port_id: str, addresses: Iterable[IPv4Address], seen: Port | None = None

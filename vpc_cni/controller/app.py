@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import random
 import socket
@@ -50,8 +49,8 @@ from vpc_cni.controller.staticips import StaticIPs
 from vpc_cni.controller.vpcsubnets import VPCSubnetStatuses
 from vpc_cni.kube.events import record_event
 from vpc_cni.kube.leader import LeaseElector
-from vpc_cni.kube.resources import GROUP, PLURALS, VERSION, NodeNetworkSpec, NodeNetworkStatus
-from vpc_cni.kube.watch import Informer
+from vpc_cni.kube.resources import GROUP, VERSION, NodeNetworkSpec, NodeNetworkStatus
+from vpc_cni.kube.watch import Informer, custom_informer
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +76,11 @@ def build_pools(config: ControllerConfig, kube: ApiClient, conn: Connection) -> 
         "compute", TokenBucket(config.compute_rate.rate, config.compute_rate.burst)
     )
     return NodePools(
-        config, kube, Ports(conn, network), Servers(conn, compute), SubnetInfos(conn, network)
+        config,
+        kube,
+        Ports(conn, network, config.resync_seconds),
+        Servers(conn, compute),
+        SubnetInfos(conn, network),
     )
 
 
@@ -262,18 +265,8 @@ class Controller:
         custom = CustomObjectsApi(self.kube)
         informers = [
             Informer(self.core.list_node, self.on_node),
-            Informer(
-                functools.partial(
-                    custom.list_cluster_custom_object, GROUP, VERSION, PLURALS["NodeNetwork"]
-                ),
-                self.on_nodenetwork,
-            ),
-            Informer(
-                functools.partial(
-                    custom.list_cluster_custom_object, GROUP, VERSION, PLURALS["VPCSubnet"]
-                ),
-                self.on_subnet,
-            ),
+            custom_informer(custom, "NodeNetwork", self.on_nodenetwork),
+            custom_informer(custom, "VPCSubnet", self.on_subnet),
         ]
         try:
             async with asyncio.TaskGroup() as tasks:

@@ -163,10 +163,6 @@ class NodePools:
         for key in [k for k in self.idle_since if k[0] == node]:
             del self.idle_since[key]
 
-    async def default_subnet(self) -> SubnetInfo:
-        items, _ = await self.vpcsubnets.list()
-        return await self.subnets.get(_default_of(items)["spec"]["subnetID"])
-
     async def instance_id(self, node_name: str) -> str:
         node = await self.core.read_node(node_name)
         found = instance_id_of(node.spec.provider_id)
@@ -411,7 +407,7 @@ class NodePools:
                     release |= set(sorted(pool - release - in_use, reverse=True)[:extra])
             if batches:
                 # the port read above is current unless a release was just written
-                added = await add_in_subnets(self.ports, port.id, batches, None if done else port)
+                added = await self.ports.add_in_subnets(port.id, batches, None if done else port)
                 for subnet_id, new in added.items():
                     pools[subnet_id] = pools[subnet_id] | new
             release_all |= release
@@ -448,24 +444,3 @@ def _default_of(items: list[dict[str, Any]]) -> dict[str, Any]:
         names = [i["metadata"]["name"] for i in defaults]
         raise PoolError(f"need exactly one VPCSubnet with default: true, found {names}")
     return defaults[0]
-
-
-async def add_in_subnets(
-    ports: Ports, port_id: str, batches: dict[str, int], seen: Port | None
-) -> dict[str, set[IPv4Address]]:
-    """Adds ``batches[subnet]`` Neutron-picked addresses of each subnet to the port in
-    one compare-and-swap update (one PUT for all of an ENI's subnets); returns the
-    addresses new on the port, per subnet."""
-    if len(batches) == 1:
-        [(subnet_id, count)] = batches.items()
-        return {subnet_id: set(await ports.add_addresses(port_id, subnet_id, count, seen=seen))}
-    wanted = [{"subnet_id": s} for s, count in batches.items() for _ in range(count)]
-
-    def change(port: Port) -> dict[str, Any]:
-        held = [{"subnet_id": f.subnet_id, "ip_address": str(f.address)} for f in port.fixed_ips]
-        return {"fixed_ips": held + wanted}
-
-    # ports.py has no multi-subnet add (yet); its compare-and-swap is the one to use
-    # Ports has no multi-subnet add; its compare-and-swap keeps every guard of one
-    before, after = await ports._compare_and_swap("add_fixed_ips", port_id, change, seen)
-    return {s: set(after.addresses(s)) - set(before.addresses(s)) for s in batches}

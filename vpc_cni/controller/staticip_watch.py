@@ -10,7 +10,6 @@ each StaticIP refers to, rebuilt from the informers' lists after every restart.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import random
 from typing import Any
@@ -21,9 +20,9 @@ from pydantic import ValidationError
 
 from vpc_cni.cloud.errors import CloudError
 from vpc_cni.controller.staticips import SpecError, StaticIPs, owner_pod_name
-from vpc_cni.kube.resources import GROUP, PLURALS, VERSION, StaticIPSpec, StaticIPStatus
+from vpc_cni.kube.resources import StaticIPSpec, StaticIPStatus
 from vpc_cni.kube.subnet_choice import IP_ANNOTATION
-from vpc_cni.kube.watch import Informer
+from vpc_cni.kube.watch import Informer, custom_informer
 
 log = logging.getLogger(__name__)
 
@@ -133,19 +132,9 @@ class StaticIPWatch:
         """Runs until cancelled (leadership lost)."""
         custom, core = self.staticips.custom, self.staticips.core
         informers = [
-            Informer(
-                functools.partial(
-                    custom.list_cluster_custom_object, GROUP, VERSION, PLURALS["StaticIP"]
-                ),
-                self.on_staticip,
-            ),
+            custom_informer(custom, "StaticIP", self.on_staticip),
             Informer(core.list_pod_for_all_namespaces, self.on_pod),
-            Informer(
-                functools.partial(
-                    custom.list_cluster_custom_object, GROUP, VERSION, PLURALS["NodeNetwork"]
-                ),
-                self.on_nodenetwork,
-            ),
+            custom_informer(custom, "NodeNetwork", self.on_nodenetwork),
         ]
         async with asyncio.TaskGroup() as tasks:
             for informer in informers:

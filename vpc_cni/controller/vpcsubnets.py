@@ -69,10 +69,14 @@ class VPCSubnetStatuses:
         self.subnets = subnets
         self.resync_seconds = resync_seconds
         self.queue: asyncio.Queue[str | None] = asyncio.Queue()  # None: all of them
+        self.queued: set[str | None] = set()  # waiting in the queue: not queued twice
         self.quota_problem: str | None = None  # the last quota error of a node's pool
 
     def enqueue(self, name: str | None = None) -> None:
-        self.queue.put_nowait(name)
+        """A burst (every node's pool failing as a subnet runs out) is one refresh."""
+        if name not in self.queued:
+            self.queued.add(name)
+            self.queue.put_nowait(name)
 
     def pool_failed(self, error: CloudError) -> None:
         """A node's pool could not grow: refresh all now. Exhaustion shows in the
@@ -88,6 +92,7 @@ class VPCSubnetStatuses:
             tasks.create_task(self._tick())
             while True:
                 name = await self.queue.get()
+                self.queued.discard(name)
                 try:
                     await self.refresh(name)
                 except (CloudError, ApiException, aiohttp.ClientError, TimeoutError) as exc:

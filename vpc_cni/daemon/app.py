@@ -22,6 +22,7 @@ from vpc_cni.daemon.commands import NodeCommands
 from vpc_cni.daemon.config import DaemonConfig
 from vpc_cni.daemon.demand import SubnetDemands
 from vpc_cni.daemon.eni_guard import EniGuard
+from vpc_cni.daemon.enidrift import EniDrift
 from vpc_cni.daemon.failpoints import Failpoints
 from vpc_cni.daemon.handler import RequestHandler
 from vpc_cni.daemon.inspect import InspectServer, default_inspect_socket
@@ -108,7 +109,8 @@ async def run_daemon(config: DaemonConfig, config_path: Path, failpoints: Failpo
         commands = NodeCommands(
             store, pool, datapath, config.cooldown_seconds, failpoints, choices, demand
         )
-        reporter = StatusReporter(store, pool, write, demand=demand)
+        drift = EniDrift()  # the guard finds it, the reporter puts it into status
+        reporter = StatusReporter(store, pool, write, demand=demand, drift=drift)
         handler = RequestHandler(commands)
         server = CniServer(config.socket, poking(handler, reporter.poke))
         inspector = NodeInspector(store, pool, datapath, handler.recent_errors, readiness)
@@ -117,7 +119,12 @@ async def run_daemon(config: DaemonConfig, config_path: Path, failpoints: Failpo
         )
         metrics.follow_enis(lambda: len(pool.snapshot().enis), lambda: len(datapath.broken_enis()))
         guard = EniGuard(
-            datapath, store, commands.locks, config.eni_setup, (readiness.update, reporter.poke)
+            datapath,
+            store,
+            commands.locks,
+            config.eni_setup,
+            (readiness.update, reporter.poke),
+            drift,
         )
         await guard.apply(pool.snapshot())
         reconciler = Reconciler(commands, reconcile_confirmers(client, config.pool.node_name))

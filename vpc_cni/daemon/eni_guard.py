@@ -36,7 +36,7 @@ from pydantic import ValidationError
 
 from vpc_cni.daemon import metrics
 from vpc_cni.daemon.config import EniConfig, EniSetupConfig
-from vpc_cni.daemon.enidrift import report_eni_drift
+from vpc_cni.daemon.enidrift import EniDrift
 from vpc_cni.daemon.keylocks import KeyLocks
 from vpc_cni.daemon.netlink import NodeDatapath
 from vpc_cni.daemon.pool import PoolSnapshot
@@ -95,6 +95,7 @@ class EniGuard:
         locks: KeyLocks,
         settings: EniSetupConfig,
         notify: Sequence[Callable[[], None]],
+        drift: EniDrift | None = None,
     ) -> None:
         self.datapath = datapath
         self.store = store
@@ -110,7 +111,7 @@ class EniGuard:
         self._leaving: dict[str, EniConfig] = {}
         self._held_by: dict[str, int] = {}
         self._dropped_tables: set[int] = set()
-        self._drift: str | None = None
+        self.drift = drift or EniDrift()
         self._lock = asyncio.Lock()
 
     async def apply(self, snapshot: PoolSnapshot) -> None:
@@ -201,14 +202,13 @@ class EniGuard:
         return self._report_drift("; ".join(foreign) or None) or changed
 
     def _report_drift(self, drift: str | None) -> bool:
-        if drift == self._drift:
+        if drift == self.drift.found:
             return False
         if drift:
             log.warning("something else configured our ENIs (left in place): %s", drift)
         else:
             log.info("no foreign configuration on the ENIs any more")
-        self._drift = drift
-        report_eni_drift(drift)
+        self.drift.found = drift
         return True
 
     async def release_unused(self) -> None:

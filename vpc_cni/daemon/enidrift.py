@@ -2,21 +2,17 @@
 
 The guard (eni_guard.py) runs on its own schedule; the status reporter builds status
 on its own. This is the one value they share, so neither has to know the other: the
-guard reports, the reporter reads it into the `EniForeignConfiguration` condition.
+daemon hands both the same `EniDrift`, the guard reports into it, the reporter reads
+it into the `EniForeignConfiguration` condition.
 """
 
 from __future__ import annotations
 
 ENI_DRIFT = "EniForeignConfiguration"
 
-_found: str | None = None
 
-
-def report_eni_drift(found: str | None) -> None:
+class EniDrift:
     """What the last check found on the ENIs that vpc-cni did not make; None: nothing."""
-    global _found
-    _found = found
 
-
-def eni_drift() -> str | None:
-    return _found
+    def __init__(self) -> None:
+        self.found: str | None = None

@@ -45,11 +45,7 @@ class InspectServer(PrivateUnixServer):
         except ConnectionError as error:
             log.warning("inspection client went away: %s", error)
         finally:
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except ConnectionError:
-                pass
+            await self._close(writer)
 
     async def _answer(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import cached_property
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Protocol
@@ -67,13 +68,20 @@ class PoolSnapshot:
     def subnet_ids(self) -> list[str]:
         return [subnet.id for eni in self.config.enis for subnet in eni.subnets]
 
+    @cached_property
+    def _listed(self) -> dict[IPv4Address, PoolAddress]:
+        """Every listed address's entry (the first listing of it wins), built once per
+        snapshot: `locate` runs on every request and for every allocation in status."""
+        index: dict[IPv4Address, PoolAddress] = {}
+        for entry in self._entries(None):
+            index.setdefault(entry.address, entry)
+        return index
+
     def locate(self, address: IPv4Address) -> PoolAddress | None:
         """The ENI and subnet of an address, if the pool still lists it (withheld and
         static addresses too)."""
-        for entry in self._entries(None):
-            if entry.address == address:
-                return entry
-        return self.static_entry(address)
+        entry = self._listed.get(address)
+        return entry if entry is not None else self.static_entry(address)
 
     def static_entry(self, address: IPv4Address) -> PoolAddress | None:
         """Where a static address lives: its ENI, and the ENI subnet whose CIDR holds it

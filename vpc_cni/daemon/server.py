@@ -183,6 +183,13 @@ class PrivateUnixServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         raise NotImplementedError
 
+    @staticmethod
+    async def _close(writer: asyncio.StreamWriter) -> None:
+        """Closes a connection whose peer may already have gone."""
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
 
 class CniServer(PrivateUnixServer):
     """Accepts connections on the unix socket and answers each with one reply."""
@@ -208,11 +215,7 @@ class CniServer(PrivateUnixServer):
         except ConnectionError as error:
             log.warning("CNI client went away before its reply: %s", error)
         finally:
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except ConnectionError:
-                pass
+            await self._close(writer)
 
     async def _answer(self, reader: asyncio.StreamReader, sock: socket.socket) -> Reply:
         """Reads the whole request before judging it: replying early and closing on unread

@@ -21,7 +21,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from vpc_cni.daemon import metrics
 from vpc_cni.daemon.demand import SubnetDemands, rfc3339
-from vpc_cni.daemon.enidrift import ENI_DRIFT, eni_drift
+from vpc_cni.daemon.enidrift import ENI_DRIFT, EniDrift
 from vpc_cni.daemon.pool import PoolSnapshot, PoolSource
 from vpc_cni.daemon.server import Handler, RawRequest, Reply
 from vpc_cni.daemon.store import Allocation, Store, StoreThread
@@ -63,9 +63,10 @@ def build_status(
     previous: dict[str, Condition],
     now: str,
     demand: Sequence[SubnetDemand] = (),
+    drift: str | None = None,
 ) -> NodeNetworkStatus:
-    """The whole status from the store's allocations, the current pool and the subnets
-    pods were refused in."""
+    """The whole status from the store's allocations, the current pool, the subnets
+    pods were refused in and the ENI guard's finding (`drift`)."""
     held = {a.address for a in allocations}
     removed = sorted(a.address for a in allocations if snapshot.locate(a.address) is None)
     subnets = ", ".join(snapshot.subnet_ids()) or "(the pool lists no subnet)"
@@ -85,7 +86,7 @@ def build_status(
             now,
         ),
     )
-    drift = eni_drift()  # the ENI guard's finding; listed from its first appearance on
+    # the ENI guard's finding; listed from its first appearance on
     if drift is not None or ENI_DRIFT in previous:
         conditions += (_condition(ENI_DRIFT, drift, "ForeignConfiguration", previous, now),)
     return NodeNetworkStatus(
@@ -105,8 +106,10 @@ def build_status(
     )
 
 
-def _free_by_subnet(store: Store, snapshot: PoolSnapshot) -> dict[str, int]:
-    return {s: store.free_count(snapshot.addresses(s)) for s in snapshot.subnet_ids()}
+def _pool_use(store: Store, snapshot: PoolSnapshot) -> tuple[list[Allocation], dict[str, int]]:
+    """The allocations and the free count per subnet, read in one store-thread call."""
+    free = {s: store.free_count(snapshot.addresses(s)) for s in snapshot.subnet_ids()}
+    return store.allocations(), free
 
 
 def _export_pool_metrics(allocations: Sequence[Allocation], free: dict[str, int]) -> None:
@@ -139,9 +142,11 @@ class StatusReporter:
         max_delay: float = 0.5,
         refresh: float = 5.0,
         demand: SubnetDemands | None = None,
+        drift: EniDrift | None = None,
     ) -> None:
         self.store = store
         self.demand = demand or SubnetDemands()
+        self.drift = drift or EniDrift()
         self.pool = pool
         self.write = write
         self.quiet = quiet
@@ -180,8 +185,7 @@ class StatusReporter:
     async def report(self) -> bool:
         """One recompute-and-write; False if the write failed (it is retried)."""
         snapshot = self.pool.snapshot()
-        allocations = await self.store.run(self.store.store.allocations)
-        free = await self.store.run(_free_by_subnet, self.store.store, snapshot)
+        allocations, free = await self.store.run(_pool_use, self.store.store, snapshot)
         _export_pool_metrics(allocations, free)
         if self.write is None:
             return True
@@ -192,6 +196,7 @@ class StatusReporter:
             self._conditions,
             _now(),
             self.demand.current(),
+            self.drift.found,
         )
         self._conditions = {c.type: c for c in status.conditions}
         if status == self._written:

@@ -12,6 +12,7 @@ False from the first failed list or watch until a list or watch is answered agai
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -19,7 +20,10 @@ from typing import Any
 
 import aiohttp
 from kubernetes_asyncio import watch
+from kubernetes_asyncio.client import CustomObjectsApi
 from kubernetes_asyncio.client.exceptions import ApiException
+
+from vpc_cni.kube.resources import GROUP, PLURALS, VERSION
 
 log = logging.getLogger(__name__)
 
@@ -143,3 +147,9 @@ class Informer:
         finally:
             stream.stop()
         return version
+
+
+def custom_informer(custom: CustomObjectsApi, kind: str, on_event: OnEvent) -> Informer:
+    """An informer over every object of one of our custom resource kinds."""
+    list_fn = functools.partial(custom.list_cluster_custom_object, GROUP, VERSION, PLURALS[kind])
+    return Informer(list_fn, on_event)
